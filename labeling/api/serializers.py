@@ -1,0 +1,141 @@
+"""Input and output serializers of the REST API, one pair per use case."""
+
+from rest_framework import serializers
+
+from ..exporting import AGGREGATES
+from ..exporting import FORMATS as EXPORT_FORMATS
+from ..importing.formats import FORMATS as IMPORT_FORMATS
+from ..models import FLAG_CHOICES, Choice, ComparisonTask, Judgement, Project
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = ["id", "name", "guidelines", "overlap_k", "lease_seconds", "gold_rate", "max_responses", "is_active", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class ReplyOutput(serializers.Serializer):
+    label = serializers.CharField()
+    text = serializers.CharField()
+
+
+class MessageOutput(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField()
+
+
+class AssignmentOutput(serializers.Serializer):
+    """A leased task as the annotator sees it: no model names, no response ids."""
+
+    assignment_id = serializers.IntegerField()
+    task_id = serializers.IntegerField()
+    project_id = serializers.IntegerField()
+    expires_at = serializers.DateTimeField()
+    conversation = MessageOutput(many=True)
+    replies = ReplyOutput(many=True)
+    choices = serializers.ListField(child=serializers.CharField())
+
+
+class JudgementInput(serializers.Serializer):
+    choice = serializers.ChoiceField(choices=Choice.choices)
+    strength = serializers.IntegerField(min_value=1, max_value=4, required=False, allow_null=True)
+    ranks = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, allow_null=True,
+        help_text="choice 'ranking' only: one rank per reply in display order, 1 = best, ties allowed",
+    )
+    rationale = serializers.CharField(required=False, allow_blank=True, max_length=5000, trim_whitespace=True)
+    flags = serializers.ListField(child=serializers.ChoiceField(choices=FLAG_CHOICES), required=False)
+    time_spent_ms = serializers.IntegerField(min_value=0, max_value=24 * 3600 * 1000, required=False, allow_null=True)
+    idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=100)
+
+
+class JudgementOutput(serializers.ModelSerializer):
+    """What an annotator gets back about their own judgement."""
+
+    task_id = serializers.IntegerField()
+    assignment_id = serializers.IntegerField()
+
+    class Meta:
+        model = Judgement
+        fields = ["id", "task_id", "assignment_id", "choice", "strength", "rationale", "flags", "time_spent_ms", "idempotency_key", "created_at"]
+
+
+class JudgementAdminOutput(serializers.ModelSerializer):
+    annotator = serializers.CharField(source="annotator.username")
+    project_id = serializers.IntegerField(source="task.project_id")
+
+    class Meta:
+        model = Judgement
+        fields = [
+            "id", "task", "project_id", "annotator", "source", "choice", "ranking", "strength", "rationale",
+            "flags", "display_order", "time_spent_ms", "gold_correct", "created_at",
+        ]
+
+
+class SkipInput(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
+
+
+class TaskResponseOutput(serializers.Serializer):
+    id = serializers.IntegerField(source="response.id")
+    position = serializers.IntegerField()
+    text = serializers.CharField(source="response.text")
+    origin = serializers.CharField(source="response.origin")
+
+
+class TaskAdminOutput(serializers.ModelSerializer):
+    responses = TaskResponseOutput(source="task_responses", many=True)
+    conversation = serializers.JSONField(source="prompt.messages")
+
+    class Meta:
+        model = ComparisonTask
+        fields = ["id", "project", "prompt", "conversation", "responses", "priority", "status", "is_gold", "gold_response", "judgement_count", "created_at"]
+
+
+class ImportInput(serializers.Serializer):
+    file = serializers.FileField()
+    format = serializers.ChoiceField(choices=IMPORT_FORMATS)
+    with_labels = serializers.BooleanField(default=False)
+    skip_invalid = serializers.BooleanField(default=False)
+
+
+class ExportQuery(serializers.Serializer):
+    format = serializers.ChoiceField(choices=EXPORT_FORMATS, default="trl")
+    aggregate = serializers.ChoiceField(choices=AGGREGATES, default="none")
+    since = serializers.DateField(required=False, help_text="first day included (YYYY-MM-DD)")
+    until = serializers.DateField(required=False, help_text="last day included (YYYY-MM-DD)")
+    annotator = serializers.CharField(required=False)
+
+
+class JudgementQuery(serializers.Serializer):
+    project = serializers.IntegerField(required=False)
+    task = serializers.IntegerField(required=False)
+    annotator = serializers.CharField(required=False)
+    since = serializers.DateField(required=False)
+    until = serializers.DateField(required=False)
+
+
+class AnnotatorStatsOutput(serializers.Serializer):
+    annotator_id = serializers.IntegerField()
+    username = serializers.CharField()
+    judgements = serializers.IntegerField()
+    skips = serializers.IntegerField()
+    mean_time_ms = serializers.IntegerField(allow_null=True)
+    gold_seen = serializers.IntegerField()
+    gold_correct = serializers.IntegerField()
+    gold_accuracy = serializers.FloatField(allow_null=True)
+
+
+class ProjectProgressOutput(serializers.Serializer):
+    project_id = serializers.IntegerField(source="project.pk")
+    project = serializers.CharField(source="project.name")
+    judged_today = serializers.IntegerField()
+    judged_total = serializers.IntegerField()
+    tasks_left = serializers.IntegerField()
+
+
+class MyStatsOutput(serializers.Serializer):
+    username = serializers.CharField()
+    projects = ProjectProgressOutput(many=True)
+    totals = AnnotatorStatsOutput(allow_null=True)

@@ -1,0 +1,20 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from . import views
+
+router = SimpleRouter()
+router.register("projects", views.ProjectViewSet, basename="project")
+
+urlpatterns = [
+    path("projects/<int:project_id>/next-task/", views.NextTaskView.as_view(), name="api-next-task"),
+    path("projects/<int:project_id>/import/", views.ImportView.as_view(), name="api-import"),
+    path("projects/<int:project_id>/export/", views.ExportView.as_view(), name="api-export"),
+    path("assignments/<int:assignment_id>/submit/", views.SubmitView.as_view(), name="api-submit"),
+    path("assignments/<int:assignment_id>/skip/", views.SkipView.as_view(), name="api-skip"),
+    path("me/stats/", views.MyStatsView.as_view(), name="api-my-stats"),
+    path("tasks/", views.TaskListView.as_view(), name="api-tasks"),
+    path("judgements/", views.JudgementListView.as_view(), name="api-judgements"),
+    path("annotators/stats/", views.AnnotatorStatsView.as_view(), name="api-annotator-stats"),
+    *router.urls,
+]

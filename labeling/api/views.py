@@ -1,0 +1,240 @@
+"""REST API views: thin callers of services, selectors, importing and exporting."""
+
+import io
+import os
+
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics, status, viewsets
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import selectors, services
+from ..exporting import iter_export_lines
+from ..importing.services import import_stream
+from ..models import Assignment, ComparisonTask, Judgement, Project
+from ..models import Response as Reply
+from .permissions import IsLabelingAdmin, ReadAnyWriteAdmin
+from .serializers import (
+    AnnotatorStatsOutput,
+    AssignmentOutput,
+    ExportQuery,
+    ImportInput,
+    JudgementAdminOutput,
+    JudgementInput,
+    JudgementOutput,
+    JudgementQuery,
+    MyStatsOutput,
+    ProjectSerializer,
+    SkipInput,
+    TaskAdminOutput,
+)
+
+
+class ProjectViewSet(viewsets.ModelViewSet):
+    """Projects: every signed-in user reads them; labeling admins create and edit."""
+
+    serializer_class = ProjectSerializer
+    permission_classes = [ReadAnyWriteAdmin]
+    queryset = Project.objects.all().order_by("name")
+    http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def get_queryset(self):
+        if services.is_labeling_admin(self.request.user):
+            return self.queryset
+        return self.queryset.filter(is_active=True)
+
+
+def assignment_payload(assignment: Assignment) -> dict:
+    task = assignment.task
+    texts = dict(Reply.objects.filter(pk__in=assignment.display_order).values_list("pk", "text"))
+    n = len(assignment.display_order)
+    return {
+        "assignment_id": assignment.pk,
+        "task_id": task.pk,
+        "project_id": task.project_id,
+        "expires_at": assignment.expires_at,
+        "conversation": task.prompt.messages,
+        "replies": [{"label": "ABCDEFGH"[i], "text": texts[rid]} for i, rid in enumerate(assignment.display_order)],
+        "choices": ["A", "B", "tie", "both_bad"] if n == 2 else ["ranking", "tie", "both_bad"],
+    }
+
+
+class NextTaskView(APIView):
+    """Lease the next task of a project (or resume the one you hold). 204 when none is left."""
+
+    @extend_schema(request=None, responses={200: AssignmentOutput, 204: OpenApiResponse(description="queue empty")})
+    def post(self, request, project_id: int):
+        project = get_object_or_404(Project, pk=project_id, is_active=True)
+        assignment = services.assign_next_task(project=project, annotator=request.user)
+        if assignment is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        assignment = Assignment.objects.select_related("task__prompt").get(pk=assignment.pk)
+        return Response(AssignmentOutput(assignment_payload(assignment)).data)
+
+
+class SubmitView(APIView):
+    """Submit a judgement. Idempotent: a repeat with the same idempotency_key returns the
+    first judgement with status 200 and writes nothing."""
+
+    @extend_schema(request=JudgementInput, responses={201: JudgementOutput, 200: JudgementOutput})
+    def post(self, request, assignment_id: int):
+        payload = JudgementInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        judgement, created = services.submit_judgement(
+            annotator=request.user,
+            assignment_id=assignment_id,
+            judgement=services.JudgementInput(
+                choice=data["choice"],
+                strength=data.get("strength"),
+                ranks=data.get("ranks"),
+                rationale=data.get("rationale", ""),
+                flags=tuple(data.get("flags", ())),
+                time_spent_ms=data.get("time_spent_ms"),
+                idempotency_key=data.get("idempotency_key", ""),
+            ),
+        )
+        return Response(JudgementOutput(judgement).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class SkipView(APIView):
+    """Give a leased task back; you will not be served it again."""
+
+    @extend_schema(request=SkipInput, responses={200: OpenApiTypes.OBJECT})
+    def post(self, request, assignment_id: int):
+        payload = SkipInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        assignment = services.skip_task(
+            annotator=request.user, assignment_id=assignment_id, reason=payload.validated_data.get("reason", "")
+        )
+        return Response({"assignment_id": assignment.pk, "state": assignment.state})
+
+
+class MyStatsView(APIView):
+    """Your own progress per project and your totals (gold accuracy included)."""
+
+    @extend_schema(responses=MyStatsOutput)
+    def get(self, request):
+        totals = selectors.annotator_stats(annotator=request.user)
+        body = {
+            "username": request.user.username,
+            "projects": selectors.annotator_progress(annotator=request.user),
+            "totals": totals[0] if totals else None,
+        }
+        return Response(MyStatsOutput(body).data)
+
+
+class TaskListView(generics.ListAPIView):
+    """Comparison tasks (admins). Filters: project, status, is_gold."""
+
+    permission_classes = [IsLabelingAdmin]
+    serializer_class = TaskAdminOutput
+
+    def get_queryset(self):
+        queryset = ComparisonTask.objects.select_related("prompt").prefetch_related("task_responses__response").order_by("pk")
+        params = self.request.query_params
+        if params.get("project"):
+            queryset = queryset.filter(project_id=params["project"])
+        if params.get("status"):
+            queryset = queryset.filter(status=params["status"])
+        if params.get("is_gold") in ("true", "false"):
+            queryset = queryset.filter(is_gold=params["is_gold"] == "true")
+        return queryset
+
+
+class JudgementListView(generics.ListAPIView):
+    """Judgements (admins). Filters: project, task, annotator (username), since / until (dates)."""
+
+    permission_classes = [IsLabelingAdmin]
+    serializer_class = JudgementAdminOutput
+
+    @extend_schema(parameters=[JudgementQuery])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        query = JudgementQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        filters = query.validated_data
+        queryset = Judgement.objects.select_related("annotator", "task").order_by("pk")
+        if "project" in filters:
+            queryset = queryset.filter(task__project_id=filters["project"])
+        if "task" in filters:
+            queryset = queryset.filter(task_id=filters["task"])
+        if filters.get("annotator"):
+            queryset = queryset.filter(annotator__username=filters["annotator"])
+        since, until = selectors.day_window(filters.get("since"), filters.get("until"))
+        if since:
+            queryset = queryset.filter(created_at__gte=since)
+        if until:
+            queryset = queryset.filter(created_at__lt=until)
+        return queryset
+
+
+class ImportView(APIView):
+    """Upload a file to import (admins). All or nothing unless skip_invalid."""
+
+    permission_classes = [IsLabelingAdmin]
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(request={"multipart/form-data": ImportInput}, responses={201: OpenApiTypes.OBJECT})
+    def post(self, request, project_id: int):
+        project = get_object_or_404(Project, pk=project_id)
+        payload = ImportInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        upload = data["file"]
+        upload.seek(0)
+        stream = upload.file if hasattr(upload.file, "readline") else io.BytesIO(upload.read())
+        report = import_stream(
+            project=project,
+            stream=stream,
+            fmt=data["format"],
+            source=os.path.basename(upload.name or "upload"),
+            with_labels=data["with_labels"],
+            skip_invalid=data["skip_invalid"],
+        )
+        return Response(report.as_dict(), status=status.HTTP_201_CREATED)
+
+
+class ExportView(APIView):
+    """Download training data as JSON Lines, streamed (admins)."""
+
+    permission_classes = [IsLabelingAdmin]
+
+    @extend_schema(parameters=[ExportQuery], responses={(200, "application/x-ndjson"): OpenApiTypes.STR})
+    def get(self, request, project_id: int):
+        project = get_object_or_404(Project, pk=project_id)
+        query = ExportQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        options = query.validated_data
+        since, until = selectors.day_window(options.get("since"), options.get("until"))
+        lines = iter_export_lines(
+            project=project,
+            fmt=options["format"],
+            aggregate=options["aggregate"],
+            since=since,
+            until=until,
+            annotator=options.get("annotator"),
+        )
+        response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
+        filename = f"{project.name}-{options['format']}.jsonl".replace('"', "")
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+
+
+class AnnotatorStatsView(APIView):
+    """Per-annotator statistics (admins). Filter: project."""
+
+    permission_classes = [IsLabelingAdmin]
+
+    @extend_schema(responses=AnnotatorStatsOutput(many=True))
+    def get(self, request):
+        project = None
+        if request.query_params.get("project"):
+            project = get_object_or_404(Project, pk=request.query_params["project"])
+        return Response(AnnotatorStatsOutput(selectors.annotator_stats(project=project), many=True).data)

@@ -1,0 +1,321 @@
+"""Parse import files into records, one per line, without touching the database.
+
+Formats (`--format`):
+
+jsonl  {"prompt": str | "messages": [{role, content}, ...], "responses": [str, ...],
+        "metadata": {...}?}. The conversation ends with a user turn; 2..K replies.
+csv    header row, then one row per item. Columns: `prompt` (text) or `messages`
+       (a JSON list of {role, content}); `response_1` .. `response_K` (empty cells
+       ignored); optional `metadata` (a JSON object). Line numbers count the header as 1.
+hh     Anthropic HH-RLHF: {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...};
+       the shared transcript up to the last "\\n\\nAssistant:" becomes the conversation,
+       the two final assistant replies the responses (chosen first).
+trl    TRL preference data {"prompt", "chosen", "rejected"}: plain strings, or the
+       conversational form (prompt a list of messages, chosen / rejected lists holding
+       the assistant reply).
+
+For hh and trl the first response is the chosen one, so `--with-labels` can store the
+given preference.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+FORMATS = ("jsonl", "csv", "hh", "trl")
+ROLES = ("system", "user", "assistant")
+MAX_REPLY_CHARS = 100_000
+
+
+class RecordError(ValueError):
+    """One line is invalid; the message says why."""
+
+
+@dataclass
+class ImportRecord:
+    line: int
+    messages: list[dict]
+    responses: list[str]
+    source_format: str  # text / chat / hh
+    metadata: dict = field(default_factory=dict)
+    labelled: bool = False  # responses[0] is the chosen one
+
+    @property
+    def prompt_hash(self) -> str:
+        return content_hash(self.messages)
+
+
+def content_hash(value) -> str:
+    canonical = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_messages(messages, what: str = "messages") -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise RecordError(f"'{what}' must be a non-empty list of {{role, content}} objects")
+    cleaned = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RecordError(f"'{what}[{i}]' must be an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise RecordError(f"'{what}[{i}].role' must be one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise RecordError(f"'{what}[{i}].content' must be a string")
+        if not content.strip() and role != "system":
+            raise RecordError(f"'{what}[{i}].content' is empty")
+        cleaned.append({"role": role, "content": content})
+    if cleaned[-1]["role"] != "user":
+        raise RecordError(f"the last turn of '{what}' must be the user's (the replies answer it)")
+    return cleaned
+
+
+def _check_responses(responses, max_responses: int) -> list[str]:
+    if not isinstance(responses, list):
+        raise RecordError("'responses' must be a list of strings")
+    if not 2 <= len(responses) <= max_responses:
+        raise RecordError(f"'responses' must hold 2 to {max_responses} replies, got {len(responses)}")
+    for i, text in enumerate(responses):
+        if not isinstance(text, str):
+            raise RecordError(f"'responses[{i}]' must be a string")
+        if not text.strip():
+            raise RecordError(f"'responses[{i}]' is empty")
+        if len(text) > MAX_REPLY_CHARS:
+            raise RecordError(f"'responses[{i}]' is longer than {MAX_REPLY_CHARS} characters")
+    if len(set(responses)) != len(responses):
+        raise RecordError("'responses' contains the same reply twice")
+    return list(responses)
+
+
+def _check_metadata(metadata) -> dict:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise RecordError("'metadata' must be an object")
+    return metadata
+
+
+def _require(obj: dict, key: str, kind: type, kind_name: str):
+    if key not in obj:
+        raise RecordError(f"missing field '{key}'")
+    value = obj[key]
+    if not isinstance(value, kind):
+        raise RecordError(f"'{key}' must be {kind_name}")
+    return value
+
+
+# --------------------------------------------------------------------------- per format
+
+
+def parse_jsonl_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
+    if "messages" in obj and "prompt" in obj:
+        raise RecordError("give either 'prompt' or 'messages', not both")
+    if "messages" in obj:
+        messages, source_format = _check_messages(obj["messages"]), "chat"
+    elif "prompt" in obj:
+        prompt = obj["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RecordError("'prompt' must be a non-empty string")
+        messages, source_format = [{"role": "user", "content": prompt}], "text"
+    else:
+        raise RecordError("missing field 'prompt' (or 'messages')")
+    if "responses" not in obj:
+        raise RecordError("missing field 'responses'")
+    responses = _check_responses(obj["responses"], max_responses)
+    return ImportRecord(line, messages, responses, source_format, _check_metadata(obj.get("metadata")))
+
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def split_hh_transcript(transcript: str) -> list[dict]:
+    """'\\n\\nHuman: hi\\n\\nAssistant: hello' -> [{user, hi}, {assistant, hello}]."""
+    parts = HH_TURN.split(transcript)
+    if parts[0].strip():
+        raise RecordError("an HH transcript must start with '\\n\\nHuman:'")
+    turns = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        if content.startswith(" "):
+            content = content[1:]
+        turns.append({"role": "user" if speaker == "Human" else "assistant", "content": content})
+    if not turns:
+        raise RecordError("no '\\n\\nHuman:' / '\\n\\nAssistant:' turns found")
+    return turns
+
+
+def render_hh_transcript(messages: list[dict]) -> str:
+    """Inverse of split_hh_transcript; system turns become Human turns."""
+    return "".join(
+        f"\n\n{'Assistant' if m['role'] == 'assistant' else 'Human'}: {m['content']}" for m in messages
+    )
+
+
+def parse_hh_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
+    chosen = _require(obj, "chosen", str, "a string")
+    rejected = _require(obj, "rejected", str, "a string")
+    chosen_turns, rejected_turns = split_hh_transcript(chosen), split_hh_transcript(rejected)
+    if chosen_turns[-1]["role"] != "assistant" or rejected_turns[-1]["role"] != "assistant":
+        raise RecordError("'chosen' and 'rejected' must both end with an Assistant turn")
+    context = chosen_turns[:-1]
+    if context != rejected_turns[:-1]:
+        raise RecordError("'chosen' and 'rejected' do not share the same conversation before the last reply")
+    messages = _check_messages(context, "conversation")
+    responses = _check_responses([chosen_turns[-1]["content"], rejected_turns[-1]["content"]], max_responses)
+    return ImportRecord(line, messages, responses, "hh", {}, labelled=True)
+
+
+def _trl_reply(value, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        if value[0].get("role") != "assistant" or not isinstance(value[0].get("content"), str):
+            raise RecordError(f"'{key}' must hold one assistant message")
+        return value[0]["content"]
+    raise RecordError(f"'{key}' must be a string or a list with one assistant message")
+
+
+def parse_trl_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
+    if "prompt" not in obj:
+        raise RecordError("missing field 'prompt' (the implicit-prompt form is not supported)")
+    prompt = obj["prompt"]
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise RecordError("'prompt' is empty")
+        messages, source_format = [{"role": "user", "content": prompt}], "text"
+    elif isinstance(prompt, list):
+        messages, source_format = _check_messages(prompt, "prompt"), "chat"
+    else:
+        raise RecordError("'prompt' must be a string or a list of messages")
+    for key in ("chosen", "rejected"):
+        if key not in obj:
+            raise RecordError(f"missing field '{key}'")
+    if isinstance(obj["chosen"], str) != isinstance(prompt, str):
+        raise RecordError("'prompt' and 'chosen' must both be plain text or both be conversational")
+    responses = _check_responses(
+        [_trl_reply(obj["chosen"], "chosen"), _trl_reply(obj["rejected"], "rejected")], max_responses
+    )
+    return ImportRecord(line, messages, responses, source_format, {}, labelled=True)
+
+
+JSON_PARSERS = {"jsonl": parse_jsonl_object, "hh": parse_hh_object, "trl": parse_trl_object}
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def _read_lines(stream: io.BufferedIOBase, max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """Yield (line number, raw line or None when oversized, bytes consumed), streaming."""
+    number = 0
+    while True:
+        raw = stream.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        number += 1
+        consumed = len(raw)
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            # Drain the rest of the oversized line without holding it.
+            while raw and not raw.endswith(b"\n"):
+                raw = stream.readline(max_line_bytes + 1)
+                consumed += len(raw)
+            yield number, None, consumed
+            continue
+        yield number, raw, consumed
+
+
+def iter_records(
+    stream: io.BufferedIOBase, fmt: str, *, max_responses: int, max_line_bytes: int
+) -> Iterator[tuple[int, ImportRecord | RecordError, int]]:
+    """Yield (line, record or the error for that line, bytes consumed) for each item."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "csv":
+        yield from _iter_csv(stream, max_responses=max_responses, max_line_bytes=max_line_bytes)
+        return
+    parse = JSON_PARSERS[fmt]
+    for number, raw, consumed in _read_lines(stream, max_line_bytes):
+        if raw is None:
+            yield number, RecordError(f"line is longer than {max_line_bytes} bytes"), consumed
+            continue
+        if not raw.strip():
+            continue  # blank lines carry no item
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            yield number, RecordError(f"malformed JSON: {exc}"), consumed
+            continue
+        if not isinstance(obj, dict):
+            yield number, RecordError("each line must be a JSON object"), consumed
+            continue
+        try:
+            yield number, parse(obj, number, max_responses), consumed
+        except RecordError as exc:
+            yield number, exc, consumed
+
+
+def _iter_csv(stream, *, max_responses: int, max_line_bytes: int):
+    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+    csv.field_size_limit(max_line_bytes)
+    reader = csv.DictReader(text)
+    try:
+        header = reader.fieldnames or []
+    except (csv.Error, UnicodeDecodeError) as exc:
+        yield 1, RecordError(f"unreadable CSV header: {exc}"), 0
+        return
+    response_columns = sorted(
+        (c for c in header if re.fullmatch(r"response_\d+", c)), key=lambda c: int(c.split("_")[1])
+    )
+    if not ({"prompt", "messages"} & set(header)) or len(response_columns) < 2:
+        yield 1, RecordError("CSV header needs 'prompt' or 'messages' and response_1, response_2, ..."), 0
+        return
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except (csv.Error, UnicodeDecodeError) as exc:
+            yield start, RecordError(f"malformed CSV: {exc}"), 0
+            return
+        obj: dict = {"responses": [row[c] for c in response_columns if row.get(c)]}
+        try:
+            if row.get("messages"):
+                try:
+                    obj["messages"] = json.loads(row["messages"])
+                except json.JSONDecodeError as exc:
+                    raise RecordError(f"'messages' is not valid JSON: {exc}") from exc
+            else:
+                obj["prompt"] = row.get("prompt") or ""
+            if row.get("metadata"):
+                try:
+                    obj["metadata"] = json.loads(row["metadata"])
+                except json.JSONDecodeError as exc:
+                    raise RecordError(f"'metadata' is not valid JSON: {exc}") from exc
+            if None in row:
+                raise RecordError("more cells than header columns")
+            yield start, parse_jsonl_object(obj, start, max_responses), 0
+        except RecordError as exc:
+            yield start, exc, 0
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,219 @@
+"""Import prompts, replies (and optionally given preferences) into a project.
+
+One transaction per import: by default one invalid line rejects the whole file and the
+error lists every bad line (the first 100) with its number and reason. With
+skip_invalid the valid lines are imported and the invalid ones reported. Re-importing
+a file is a no-op: prompts, replies and tasks are keyed by content hashes.
+
+Records are written in batches (bulk inserts) while the file streams, so a file of
+100,000 lines never sits in memory whole.
+
+Imported labels (--with-labels) are stored as judgements of an inactive pseudo-annotator
+named `imported:<format>`. They do not count toward a task's overlap k, which counts
+judgements wanted from people.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from ..exceptions import ImportFailed, InvalidInput
+from ..models import (
+    Choice,
+    ComparisonTask,
+    Judgement,
+    JudgementSource,
+    Project,
+    Prompt,
+    Response,
+    TaskResponse,
+)
+from .formats import FORMATS, ImportRecord, RecordError, batched, content_hash, iter_records, text_hash
+
+BATCH_SIZE = 500
+MAX_REPORTED_ERRORS = 100
+LABELLED_FORMATS = ("hh", "trl")
+
+
+@dataclass
+class ImportReport:
+    lines_with_items: int = 0
+    prompts_created: int = 0
+    responses_created: int = 0
+    tasks_created: int = 0
+    tasks_already_present: int = 0
+    labels_created: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    skipped_count: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "lines_with_items": self.lines_with_items,
+            "prompts_created": self.prompts_created,
+            "responses_created": self.responses_created,
+            "tasks_created": self.tasks_created,
+            "tasks_already_present": self.tasks_already_present,
+            "labels_created": self.labels_created,
+            "skipped_count": self.skipped_count,
+            "skipped": [{"line": line, "reason": reason} for line, reason in self.skipped],
+        }
+
+
+def pseudo_annotator(fmt: str):
+    """The inactive account that owns labels imported from a `fmt` file."""
+    user, created = get_user_model().objects.get_or_create(
+        username=f"imported:{fmt}", defaults={"is_active": False}
+    )
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
+
+
+def _write_batch(project: Project, records: list[ImportRecord], source: str, labeller, report: ImportReport):
+    # 1. prompts, keyed by the hash of the conversation
+    hashes = {record.prompt_hash for record in records}
+    prompts = {p.content_hash: p for p in Prompt.objects.filter(project=project, content_hash__in=hashes)}
+    new_prompts = []
+    for record in records:
+        if record.prompt_hash not in prompts:
+            prompt = Prompt(
+                project=project,
+                messages=record.messages,
+                source_format=record.source_format,
+                source=source,
+                metadata=record.metadata,
+                content_hash=record.prompt_hash,
+            )
+            prompts[record.prompt_hash] = prompt
+            new_prompts.append(prompt)
+    Prompt.objects.bulk_create(new_prompts)
+    report.prompts_created += len(new_prompts)
+
+    # 2. replies, keyed by (prompt, hash of the text)
+    prompt_ids = {p.pk for p in prompts.values()}
+    responses = {
+        (r.prompt_id, r.text_hash): r for r in Response.objects.filter(prompt_id__in=prompt_ids)
+    }
+    new_responses = []
+    for record in records:
+        prompt = prompts[record.prompt_hash]
+        for text in record.responses:
+            key = (prompt.pk, text_hash(text))
+            if key not in responses:
+                response = Response(prompt=prompt, text=text, text_hash=key[1], origin=source)
+                responses[key] = response
+                new_responses.append(response)
+    Response.objects.bulk_create(new_responses)
+    report.responses_created += len(new_responses)
+
+    # 3. tasks, keyed by the set of replies they compare
+    def set_hash(record: ImportRecord) -> str:
+        return content_hash([record.prompt_hash, sorted(text_hash(t) for t in record.responses)])
+
+    set_hashes = {set_hash(record) for record in records}
+    tasks = {
+        t.response_set_hash: t
+        for t in ComparisonTask.objects.filter(project=project, response_set_hash__in=set_hashes)
+    }
+    report.tasks_already_present += sum(1 for record in records if set_hash(record) in tasks)
+    new_tasks, task_records = [], []
+    for record in records:
+        key = set_hash(record)
+        if key not in tasks:
+            task = ComparisonTask(project=project, prompt=prompts[record.prompt_hash], response_set_hash=key)
+            tasks[key] = task
+            new_tasks.append(task)
+            task_records.append(record)
+    ComparisonTask.objects.bulk_create(new_tasks)
+    TaskResponse.objects.bulk_create(
+        TaskResponse(task=task, response=responses[(task.prompt_id, text_hash(text))], position=position)
+        for task, record in zip(new_tasks, task_records)
+        for position, text in enumerate(record.responses)
+    )
+    report.tasks_created += len(new_tasks)
+
+    # 4. given preferences: responses[0] was chosen over responses[1]
+    if labeller is None:
+        return
+    labelled = {set_hash(r): r for r in records if r.labelled}
+    already = set(
+        Judgement.objects.filter(
+            annotator=labeller, task_id__in=[tasks[k].pk for k in labelled]
+        ).values_list("task_id", flat=True)
+    )
+    new_labels = []
+    for key, record in labelled.items():
+        task = tasks[key]
+        if task.pk in already:
+            continue
+        chosen, rejected = (responses[(task.prompt_id, text_hash(t))].pk for t in record.responses[:2])
+        new_labels.append(
+            Judgement(
+                task=task,
+                annotator=labeller,
+                choice=Choice.A,
+                ranking=[[chosen], [rejected]],
+                display_order=[chosen, rejected],
+                source=JudgementSource.IMPORT,
+            )
+        )
+    Judgement.objects.bulk_create(new_labels)
+    report.labels_created += len(new_labels)
+
+
+def import_stream(
+    *,
+    project: Project,
+    stream: io.BufferedIOBase,
+    fmt: str,
+    source: str = "",
+    with_labels: bool = False,
+    skip_invalid: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Import a binary stream in format `fmt`; raise ImportFailed and change nothing on error."""
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", field="format")
+    if with_labels and fmt not in LABELLED_FORMATS:
+        raise InvalidInput(
+            f"--with-labels needs a format that carries a preference ({', '.join(LABELLED_FORMATS)})",
+            field="with_labels",
+        )
+    report = ImportReport()
+    errors: list[tuple[int, str]] = []
+
+    def valid_records():
+        for line, item, consumed in iter_records(
+            stream, fmt, max_responses=project.max_responses, max_line_bytes=settings.IMPORT_MAX_LINE_BYTES
+        ):
+            if on_progress and consumed:
+                on_progress(consumed)
+            report.lines_with_items += 1
+            if isinstance(item, RecordError):
+                report.skipped_count += 1
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    errors.append((line, str(item)))
+                continue
+            if errors and not skip_invalid:
+                continue  # the import will be rejected: keep reading only to report errors
+            yield item
+
+    with transaction.atomic():
+        labeller = pseudo_annotator(fmt) if with_labels else None
+        for batch in batched(valid_records(), BATCH_SIZE):
+            if errors and not skip_invalid:
+                continue
+            _write_batch(project, batch, source, labeller, report)
+        if errors and not skip_invalid:
+            raise ImportFailed(errors, total_errors=report.skipped_count)
+        if report.lines_with_items == 0:
+            raise ImportFailed([(0, "the file holds no items")])
+    report.skipped = errors
+    return report

@@ -1,0 +1,55 @@
+import os
+import tempfile
+from datetime import date
+
+from django.core.management.base import BaseCommand, CommandError
+
+from labeling.exceptions import LabelingError
+from labeling.exporting import AGGREGATES, FORMATS, iter_export_lines
+from labeling.models import Project
+from labeling.selectors import day_window
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise CommandError(f"not a date (YYYY-MM-DD): {value}") from exc
+
+
+class Command(BaseCommand):
+    help = "Export judgements as TRL / HH-RLHF / raw JSON Lines (written atomically)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--project", required=True)
+        parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+        parser.add_argument("--out", required=True, help="output path ('-' for standard output)")
+        parser.add_argument("--aggregate", choices=AGGREGATES, default="none")
+        parser.add_argument("--since", type=_date, help="first day included")
+        parser.add_argument("--until", type=_date, help="last day included")
+        parser.add_argument("--annotator", help="only this annotator's judgements")
+
+    def handle(self, *args, project, fmt, out, aggregate, since, until, annotator, **options):
+        project_obj = Project.objects.filter(name=project).first()
+        if project_obj is None:
+            raise CommandError(f"no project named {project!r}")
+        since_at, until_at = day_window(since, until)
+        try:
+            lines = iter_export_lines(
+                project=project_obj, fmt=fmt, aggregate=aggregate, since=since_at, until=until_at, annotator=annotator
+            )
+        except LabelingError as error:
+            raise CommandError(f"{error.field}: {error.message}") from error
+        count = 0
+        if out == "-":
+            for line in lines:
+                self.stdout.write(line, ending="")
+                count += 1
+        else:
+            directory = os.path.dirname(os.path.abspath(out))
+            with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=directory, delete=False, suffix=".part") as tmp:
+                for line in lines:
+                    tmp.write(line)
+                    count += 1
+            os.replace(tmp.name, out)
+        self.stderr.write(f"wrote {count} rows ({fmt}, aggregate={aggregate})")

@@ -1,0 +1,270 @@
+"""Labeling data model: projects, prompts, replies, comparison tasks, leases, judgements.
+
+The database enforces the invariants that must never break, whatever code path writes:
+one judgement per (task, annotator), one assignment per (task, annotator), valid choices
+and strengths, and one idempotency key per annotator. Rules that need more than one row
+(overlap k, lease expiry, gold mixing) live in services.py.
+"""
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    guidelines = models.TextField(blank=True, help_text="Markdown shown to annotators.")
+    overlap_k = models.PositiveSmallIntegerField(
+        default=3,
+        validators=[MinValueValidator(1), MaxValueValidator(50)],
+        help_text="Judgements wanted per comparison task.",
+    )
+    lease_seconds = models.PositiveIntegerField(
+        default=900,
+        validators=[MinValueValidator(30), MaxValueValidator(24 * 3600)],
+        help_text="How long an annotator holds a task before it returns to the pool.",
+    )
+    gold_rate = models.FloatField(
+        default=0.1,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of served tasks drawn from gold tasks (when unseen gold remains).",
+    )
+    max_responses = models.PositiveSmallIntegerField(
+        default=4,
+        validators=[MinValueValidator(2), MaxValueValidator(8)],
+        help_text="K: the most replies one comparison task may compare.",
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(gold_rate__gte=0) & Q(gold_rate__lte=1), name="project_gold_rate_0_1"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_responses__gte=2) & Q(max_responses__lte=8),
+                name="project_max_responses_2_8",
+            ),
+            models.CheckConstraint(condition=Q(overlap_k__gte=1), name="project_overlap_k_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PromptFormat(models.TextChoices):
+    TEXT = "text", "plain text"
+    CHAT = "chat", "chat messages"
+    HH = "hh", "HH-RLHF transcript"
+
+
+class Prompt(models.Model):
+    """A conversation context: a list of {role, content}, the last turn the user's."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    messages = models.JSONField()
+    source_format = models.CharField(max_length=8, choices=PromptFormat.choices, default=PromptFormat.TEXT)
+    source = models.CharField(max_length=200, blank=True, help_text="Where it came from (file name).")
+    metadata = models.JSONField(default=dict, blank=True)
+    content_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "content_hash"], name="prompt_unique_per_project")
+        ]
+
+    def __str__(self) -> str:
+        last = self.messages[-1]["content"] if self.messages else ""
+        return last[:80]
+
+
+class Response(models.Model):
+    """One model reply to a prompt. Its origin is never shown to annotators."""
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses")
+    text = models.TextField()
+    text_hash = models.CharField(max_length=64)
+    origin = models.CharField(max_length=200, blank=True, help_text="Imported name or model version.")
+    generation_params = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["prompt", "text_hash"], name="response_unique_per_prompt")
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:80]
+
+
+class TaskStatus(models.TextChoices):
+    OPEN = "open", "open"
+    COMPLETE = "complete", "complete"
+    ARCHIVED = "archived", "archived"
+
+
+class ComparisonTask(models.Model):
+    """Compare 2..K replies to one prompt. Gold tasks carry the expected answer."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
+    responses = models.ManyToManyField(Response, through="TaskResponse", related_name="tasks")
+    response_set_hash = models.CharField(max_length=64)
+    priority = models.IntegerField(default=0)
+    status = models.CharField(max_length=10, choices=TaskStatus.choices, default=TaskStatus.OPEN)
+    is_gold = models.BooleanField(default=False)
+    gold_response = models.ForeignKey(
+        Response,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Gold tasks: the reply a careful annotator must prefer.",
+    )
+    judgement_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "response_set_hash"], name="task_unique_response_set"
+            ),
+            models.CheckConstraint(
+                condition=Q(is_gold=False) | Q(gold_response__isnull=False), name="gold_task_has_answer"
+            ),
+        ]
+        indexes = [
+            # serves the next-task query: open, non-gold tasks of a project by priority
+            models.Index(
+                fields=["project", "status", "is_gold", "-priority", "judgement_count", "id"],
+                name="task_next_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"task {self.pk}"
+
+
+class TaskResponse(models.Model):
+    task = models.ForeignKey(ComparisonTask, on_delete=models.CASCADE, related_name="task_responses")
+    response = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "response"], name="task_response_unique"),
+            models.UniqueConstraint(fields=["task", "position"], name="task_position_unique"),
+        ]
+
+
+class AssignmentState(models.TextChoices):
+    LEASED = "leased", "leased"
+    SUBMITTED = "submitted", "submitted"
+    SKIPPED = "skipped", "skipped"
+
+
+class Assignment(models.Model):
+    """A lease of one task to one annotator, with the shuffled order the replies were shown in.
+
+    A leased assignment whose expires_at has passed no longer counts toward the task's
+    overlap and can no longer be submitted; it stays in the table so the annotator is
+    never served that task again.
+    """
+
+    task = models.ForeignKey(ComparisonTask, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    display_order = models.JSONField(help_text="Response ids in the order shown as A, B, C...")
+    state = models.CharField(max_length=10, choices=AssignmentState.choices, default=AssignmentState.LEASED)
+    leased_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+    skip_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["task", "annotator"], name="assignment_once_per_annotator")
+        ]
+        indexes = [
+            models.Index(fields=["task", "state", "expires_at"], name="assignment_lease_idx"),
+            models.Index(fields=["annotator", "state", "expires_at"], name="assignment_annotator_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"assignment {self.pk} ({self.state})"
+
+
+class Choice(models.TextChoices):
+    A = "A", "A is better"
+    B = "B", "B is better"
+    TIE = "tie", "tie"
+    BOTH_BAD = "both_bad", "both bad"
+    RANKING = "ranking", "ranking (K > 2)"
+
+
+class Strength(models.IntegerChoices):
+    SLIGHTLY = 1, "slightly better"
+    BETTER = 2, "better"
+    SIGNIFICANTLY = 3, "significantly better"
+    MUCH = 4, "much better"
+
+
+class JudgementSource(models.TextChoices):
+    ANNOTATOR = "annotator", "annotator"
+    IMPORT = "import", "imported label"
+
+
+FLAG_CHOICES = ("unsafe", "factually_wrong", "other")
+
+
+class Judgement(models.Model):
+    """One annotator's preference on one comparison task.
+
+    `choice` is what the annotator picked in display terms (A = first reply shown).
+    `ranking` is the same judgement in response ids: a list of groups, best first,
+    replies in one group tied, e.g. [[12], [10, 11]]. Training data comes from `ranking`.
+    """
+
+    task = models.ForeignKey(ComparisonTask, on_delete=models.CASCADE, related_name="judgements")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgements")
+    assignment = models.OneToOneField(
+        Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="judgement"
+    )
+    choice = models.CharField(max_length=10, choices=Choice.choices)
+    ranking = models.JSONField()
+    strength = models.PositiveSmallIntegerField(null=True, blank=True, choices=Strength.choices)
+    rationale = models.TextField(blank=True)
+    flags = models.JSONField(default=list, blank=True)
+    display_order = models.JSONField(help_text="Response ids as shown, copied from the assignment.")
+    time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=100, blank=True)
+    source = models.CharField(max_length=10, choices=JudgementSource.choices, default=JudgementSource.ANNOTATOR)
+    gold_correct = models.BooleanField(null=True, blank=True, help_text="Gold tasks: did it match?")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["task", "annotator"], name="judgement_once_per_annotator"),
+            models.UniqueConstraint(
+                fields=["annotator", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="judgement_idempotency_key_unique",
+            ),
+            models.CheckConstraint(condition=Q(choice__in=Choice.values), name="judgement_choice_valid"),
+            models.CheckConstraint(
+                condition=Q(strength__isnull=True) | (Q(strength__gte=1) & Q(strength__lte=4)),
+                name="judgement_strength_1_4",
+            ),
+            models.CheckConstraint(
+                condition=Q(strength__isnull=True) | Q(choice__in=["A", "B", "ranking"]),
+                name="judgement_strength_only_with_winner",
+            ),
+        ]
+        indexes = [models.Index(fields=["annotator", "created_at"], name="judgement_annotator_idx")]
+
+    def __str__(self) -> str:
+        return f"judgement {self.pk}: {self.choice}"

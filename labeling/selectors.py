@@ -1,0 +1,160 @@
+"""Read paths of the labeling app: queues, progress, annotator statistics, judgement lists."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.contrib.auth import get_user_model
+from django.db.models import Avg, Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from .models import Assignment, AssignmentState, ComparisonTask, Judgement, JudgementSource, Project, TaskStatus
+
+
+def active_lease_count(now: datetime) -> Coalesce:
+    """Correlated subquery: unexpired leases of the outer task."""
+    leases = (
+        Assignment.objects.filter(task=OuterRef("pk"), state=AssignmentState.LEASED, expires_at__gt=now)
+        .order_by()
+        .values("task")
+        .annotate(n=Count("pk"))
+        .values("n")[:1]
+    )
+    return Coalesce(Subquery(leases), Value(0))
+
+
+def unseen_tasks(project: Project, annotator) -> QuerySet[ComparisonTask]:
+    """Open tasks of the project never assigned to this annotator (skips included)."""
+    seen = Assignment.objects.filter(task=OuterRef("pk"), annotator=annotator)
+    return ComparisonTask.objects.filter(project=project, status=TaskStatus.OPEN).filter(~Exists(seen))
+
+
+def current_lease(*, project: Project, annotator, now: datetime) -> Assignment | None:
+    """The unexpired lease an annotator already holds in a project (a reload resumes it)."""
+    return (
+        Assignment.objects.filter(
+            task__project=project, annotator=annotator, state=AssignmentState.LEASED, expires_at__gt=now
+        )
+        .select_related("task")
+        .order_by("leased_at")
+        .first()
+    )
+
+
+def tasks_left_for(*, project: Project, annotator, now: datetime | None = None) -> int:
+    """Tasks this annotator could still be served, plus the one they hold right now."""
+    now = now or timezone.now()
+    available = (
+        unseen_tasks(project, annotator)
+        .filter(is_gold=False)
+        .alias(leases=active_lease_count(now))
+        .filter(judgement_count__lt=project.overlap_k - F("leases"))
+        .count()
+    )
+    return available + (1 if current_lease(project=project, annotator=annotator, now=now) else 0)
+
+
+def annotator_progress(*, annotator, now: datetime | None = None) -> list[dict]:
+    """Per active project: judged today, judged in total, tasks left for this annotator."""
+    now = now or timezone.now()
+    start_of_day = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    counts = {
+        row["task__project"]: row
+        for row in Judgement.objects.filter(annotator=annotator)
+        .values("task__project")
+        .annotate(total=Count("pk"), today=Count("pk", filter=Q(created_at__gte=start_of_day)))
+    }
+    progress = []
+    for project in Project.objects.filter(is_active=True).order_by("name"):
+        row = counts.get(project.pk, {})
+        progress.append(
+            {
+                "project": project,
+                "judged_today": row.get("today", 0),
+                "judged_total": row.get("total", 0),
+                "tasks_left": tasks_left_for(project=project, annotator=annotator, now=now),
+            }
+        )
+    return progress
+
+
+def annotator_stats(*, project: Project | None = None, annotator=None) -> list[dict]:
+    """Per annotator: judgements, skips, mean time on task, accuracy on gold tasks."""
+    judgements = Judgement.objects.filter(source=JudgementSource.ANNOTATOR)
+    skips = Assignment.objects.filter(state=AssignmentState.SKIPPED)
+    if project is not None:
+        judgements = judgements.filter(task__project=project)
+        skips = skips.filter(task__project=project)
+    if annotator is not None:
+        judgements = judgements.filter(annotator=annotator)
+        skips = skips.filter(annotator=annotator)
+    skip_counts = dict(skips.values("annotator").annotate(n=Count("pk")).values_list("annotator", "n"))
+    rows = (
+        judgements.values("annotator", "annotator__username")
+        .annotate(
+            judgements=Count("pk"),
+            mean_time_ms=Avg("time_spent_ms"),
+            gold_seen=Count("pk", filter=Q(gold_correct__isnull=False)),
+            gold_correct=Count("pk", filter=Q(gold_correct=True)),
+        )
+        .order_by("annotator__username")
+    )
+    stats = []
+    for row in rows:
+        stats.append(
+            {
+                "annotator_id": row["annotator"],
+                "username": row["annotator__username"],
+                "judgements": row["judgements"],
+                "skips": skip_counts.pop(row["annotator"], 0),
+                "mean_time_ms": round(row["mean_time_ms"]) if row["mean_time_ms"] is not None else None,
+                "gold_seen": row["gold_seen"],
+                "gold_correct": row["gold_correct"],
+                "gold_accuracy": row["gold_correct"] / row["gold_seen"] if row["gold_seen"] else None,
+            }
+        )
+    usernames = dict(
+        get_user_model().objects.filter(pk__in=skip_counts).values_list("pk", "username")
+    )
+    for annotator_id, n in skip_counts.items():  # annotators who only skipped so far
+        stats.append(
+            {
+                "annotator_id": annotator_id,
+                "username": usernames.get(annotator_id, ""),
+                "judgements": 0,
+                "skips": n,
+                "mean_time_ms": None,
+                "gold_seen": 0,
+                "gold_correct": 0,
+                "gold_accuracy": None,
+            }
+        )
+    return stats
+
+
+def judgements_for(
+    *,
+    project: Project,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    annotator: str | None = None,
+) -> QuerySet[Judgement]:
+    """Judgements of a project, oldest first, filtered by time window and annotator name."""
+    queryset = Judgement.objects.filter(task__project=project)
+    if since is not None:
+        queryset = queryset.filter(created_at__gte=since)
+    if until is not None:
+        queryset = queryset.filter(created_at__lt=until)
+    if annotator:
+        queryset = queryset.filter(annotator__username=annotator)
+    return queryset.order_by("pk")
+
+
+def day_window(since_date, until_date) -> tuple[datetime | None, datetime | None]:
+    """Dates from a filter to a half-open [since, until) window; `until` is inclusive."""
+    def start(day):
+        return timezone.make_aware(datetime.combine(day, datetime.min.time())) if day else None
+
+    until = start(until_date)
+    return start(since_date), (until + timedelta(days=1)) if until else None

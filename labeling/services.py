@@ -1,0 +1,347 @@
+"""Write paths of the labeling app: lease the next task, submit or skip it, add accounts.
+
+Each public function is one use case in one transaction. Views, API views, admin actions
+and management commands call these and nothing below them.
+
+Concurrency (assign_next_task): on PostgreSQL candidate tasks are locked with
+SELECT ... FOR UPDATE SKIP LOCKED, and the open slots of the locked task are counted
+again by a fresh statement (a statement snapshot taken before another transaction
+committed its lease could undercount). Submit locks the assignment and then the task,
+so counters on one task change one transaction at a time. On SQLite every transaction
+is BEGIN IMMEDIATE (see settings), which serializes the whole use case.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import IntegrityError, transaction
+from django.db.models import F, Value
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from .exceptions import (
+    AlreadyClosed,
+    AssignmentNotFound,
+    IdempotencyConflict,
+    InvalidJudgement,
+    LeaseExpired,
+    NotYourAssignment,
+)
+from .models import (
+    FLAG_CHOICES,
+    Assignment,
+    AssignmentState,
+    Choice,
+    ComparisonTask,
+    Judgement,
+    JudgementSource,
+    Project,
+    TaskStatus,
+)
+from .selectors import active_lease_count, current_lease, unseen_tasks
+
+log = logging.getLogger(__name__)
+
+ANNOTATORS_GROUP = "annotators"
+ADMINS_GROUP = "labeling_admins"
+MAX_RATIONALE_CHARS = 5000
+MAX_TIME_SPENT_MS = 24 * 3600 * 1000
+# How many locked-then-full candidates one request may pass over before giving up.
+MAX_CANDIDATES_TRIED = 20
+
+
+# --------------------------------------------------------------------------- next task
+
+
+def _open_slots(task: ComparisonTask, k: int, now: datetime) -> int:
+    """Fresh count for a task whose row this transaction has locked."""
+    judged = ComparisonTask.objects.filter(pk=task.pk).values_list("judgement_count", flat=True).get()
+    leased = Assignment.objects.filter(task=task, state=AssignmentState.LEASED, expires_at__gt=now).count()
+    return k - judged - leased
+
+
+def _lease_regular_task(project: Project, annotator, now: datetime) -> ComparisonTask | None:
+    k = project.overlap_k
+    candidates = (
+        unseen_tasks(project, annotator)
+        .filter(is_gold=False)
+        .alias(leases=active_lease_count(now))
+        .alias(slots=Value(k) - F("judgement_count") - F("leases"))
+        .filter(slots__gt=0)
+        .order_by("-priority", "judgement_count", "id")
+        .select_for_update(skip_locked=True, of=("self",))
+    )
+    passed_over: list[int] = []
+    for _ in range(MAX_CANDIDATES_TRIED):
+        task = candidates.exclude(pk__in=passed_over).first()
+        if task is None:
+            return None
+        if _open_slots(task, k, now) > 0:
+            return task
+        log.info("task %s filled while we waited for its lock; trying the next", task.pk)
+        passed_over.append(task.pk)
+    return None
+
+
+def _lease_gold_task(project: Project, annotator) -> ComparisonTask | None:
+    # Gold tasks have no overlap cap: every annotator may see each gold task once.
+    return unseen_tasks(project, annotator).filter(is_gold=True).order_by("judgement_count", "id").first()
+
+
+def assign_next_task(
+    *, project: Project, annotator, now: datetime | None = None, rng: random.Random | None = None
+) -> Assignment | None:
+    """Lease the next task for `annotator`, or return None when the queue is empty.
+
+    Steps: (1) serialize this annotator's requests by locking their user row; (2) resume
+    an unexpired lease they already hold; (3) with probability gold_rate try an unseen gold
+    task; (4) otherwise the highest-priority, least-judged open task this annotator has
+    never been assigned whose judgements plus live leases are below k; (5) record the
+    lease with a shuffled display order.
+    """
+    now = now or timezone.now()
+    rng = rng or random.Random()
+    with transaction.atomic():
+        get_user_model().objects.select_for_update().filter(pk=annotator.pk).first()
+
+        current = current_lease(project=project, annotator=annotator, now=now)
+        if current is not None:
+            return current
+
+        task = None
+        if project.gold_rate > 0 and rng.random() < project.gold_rate:
+            task = _lease_gold_task(project, annotator)
+        if task is None:
+            task = _lease_regular_task(project, annotator, now)
+        if task is None:
+            return None
+
+        order = list(task.task_responses.values_list("response_id", flat=True))
+        rng.shuffle(order)
+        assignment = Assignment.objects.create(
+            task=task,
+            annotator=annotator,
+            display_order=order,
+            leased_at=now,
+            expires_at=now + timedelta(seconds=project.lease_seconds),
+        )
+        log.info("leased task %s to %s until %s", task.pk, annotator.pk, assignment.expires_at)
+        return assignment
+
+
+# --------------------------------------------------------------------------- submit
+
+
+@dataclass(frozen=True)
+class JudgementInput:
+    """What an annotator sends. `ranks` (K > 2): one rank per reply in display order, 1 = best."""
+
+    choice: str
+    strength: int | None = None
+    ranks: list[int] | None = None
+    rationale: str = ""
+    flags: tuple[str, ...] = ()
+    time_spent_ms: int | None = None
+    idempotency_key: str = ""
+
+
+def _ranking_groups(judgement: JudgementInput, display_order: list[int]) -> list[list[int]]:
+    """Turn a display-level choice into groups of response ids, best first."""
+    n = len(display_order)
+    choice = judgement.choice
+    if choice in (Choice.TIE, Choice.BOTH_BAD):
+        return [list(display_order)]
+    if choice in (Choice.A, Choice.B):
+        winner = 0 if choice == Choice.A else 1
+        return [[display_order[winner]], [display_order[1 - winner]]]
+    ranks = judgement.ranks or []
+    by_rank: dict[int, list[int]] = {}
+    for position, rank in enumerate(ranks):
+        by_rank.setdefault(rank, []).append(display_order[position])
+    assert len(ranks) == n
+    return [by_rank[rank] for rank in sorted(by_rank)]
+
+
+def validate_judgement(judgement: JudgementInput, n_responses: int) -> None:
+    """Raise InvalidJudgement naming the field and the reason."""
+    choice = judgement.choice
+    if choice not in Choice.values:
+        raise InvalidJudgement(f"must be one of {', '.join(Choice.values)}", field="choice")
+    if n_responses == 2 and choice == Choice.RANKING:
+        raise InvalidJudgement("this task compares two replies: choose A, B, tie or both_bad", field="choice")
+    if n_responses > 2 and choice in (Choice.A, Choice.B):
+        raise InvalidJudgement(
+            f"this task compares {n_responses} replies: send choice 'ranking' with ranks", field="choice"
+        )
+    if choice == Choice.RANKING:
+        ranks = judgement.ranks
+        if not isinstance(ranks, list) or len(ranks) != n_responses:
+            raise InvalidJudgement(f"must list one rank per reply ({n_responses} ranks)", field="ranks")
+        if any(isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= n_responses for r in ranks):
+            raise InvalidJudgement(f"each rank must be an integer from 1 to {n_responses}", field="ranks")
+        if min(ranks) != 1:
+            raise InvalidJudgement("the best reply must have rank 1", field="ranks")
+    elif judgement.ranks:
+        raise InvalidJudgement("ranks are only sent with choice 'ranking'", field="ranks")
+
+    strength = judgement.strength
+    if choice in (Choice.A, Choice.B) and strength is None:
+        raise InvalidJudgement("required when one reply is better (1 slightly .. 4 much better)", field="strength")
+    if choice in (Choice.TIE, Choice.BOTH_BAD) and strength is not None:
+        raise InvalidJudgement(f"must be empty for '{choice}'", field="strength")
+    if strength is not None and (isinstance(strength, bool) or not isinstance(strength, int) or not 1 <= strength <= 4):
+        raise InvalidJudgement("must be an integer from 1 (slightly better) to 4 (much better)", field="strength")
+
+    if not isinstance(judgement.rationale, str) or len(judgement.rationale) > MAX_RATIONALE_CHARS:
+        raise InvalidJudgement(f"must be text of at most {MAX_RATIONALE_CHARS} characters", field="rationale")
+    flags = list(judgement.flags)
+    unknown = [flag for flag in flags if flag not in FLAG_CHOICES]
+    if unknown or len(set(flags)) != len(flags):
+        raise InvalidJudgement(f"each flag once, from {', '.join(FLAG_CHOICES)}", field="flags")
+    spent = judgement.time_spent_ms
+    if spent is not None and (isinstance(spent, bool) or not isinstance(spent, int) or not 0 <= spent <= MAX_TIME_SPENT_MS):
+        raise InvalidJudgement("must be milliseconds between 0 and 24 hours", field="time_spent_ms")
+    if len(judgement.idempotency_key) > 100:
+        raise InvalidJudgement("must be at most 100 characters", field="idempotency_key")
+
+
+def _gold_correct(task: ComparisonTask, groups: list[list[int]], choice: str) -> bool | None:
+    if not task.is_gold:
+        return None
+    return choice not in (Choice.TIE, Choice.BOTH_BAD) and groups[0] == [task.gold_response_id]
+
+
+def submit_judgement(
+    *, annotator, assignment_id: int, judgement: JudgementInput, now: datetime | None = None
+) -> tuple[Judgement, bool]:
+    """Store the judgement for a leased assignment. Returns (judgement, created).
+
+    A repeat with the same idempotency key returns the first judgement and writes nothing.
+    """
+    now = now or timezone.now()
+    key = judgement.idempotency_key
+    with transaction.atomic():
+        assignment = (
+            Assignment.objects.select_for_update(of=("self",))
+            .select_related("task__project")
+            .filter(pk=assignment_id)
+            .first()
+        )
+        if assignment is None:
+            raise AssignmentNotFound(f"assignment {assignment_id} does not exist")
+        if assignment.annotator_id != annotator.pk:
+            raise NotYourAssignment("this assignment belongs to another annotator")
+        if key:
+            earlier = Judgement.objects.filter(annotator=annotator, idempotency_key=key).first()
+            if earlier is not None:
+                if earlier.assignment_id != assignment.pk:
+                    raise IdempotencyConflict(
+                        "this idempotency key was already used for another assignment", field="idempotency_key"
+                    )
+                return earlier, False
+        if assignment.state != AssignmentState.LEASED:
+            raise AlreadyClosed(f"this assignment was already {assignment.state}")
+        if assignment.expires_at <= now:
+            raise LeaseExpired("the lease on this task expired; ask for the next task")
+
+        task = ComparisonTask.objects.select_for_update().select_related("project").get(pk=assignment.task_id)
+        display_order = list(assignment.display_order)
+        validate_judgement(judgement, len(display_order))
+        groups = _ranking_groups(judgement, display_order)
+        spent = judgement.time_spent_ms
+        if spent is None:
+            spent = min(int((now - assignment.leased_at).total_seconds() * 1000), MAX_TIME_SPENT_MS)
+        if not task.is_gold and task.judgement_count >= task.project.overlap_k:
+            # Cannot happen while leases are honoured; refuse rather than exceed k.
+            raise AlreadyClosed("this task already has all the judgements it needs")
+
+        try:
+            with transaction.atomic():
+                stored = Judgement.objects.create(
+                    task=task,
+                    annotator=annotator,
+                    assignment=assignment,
+                    choice=judgement.choice,
+                    ranking=groups,
+                    strength=judgement.strength,
+                    rationale=judgement.rationale.strip(),
+                    flags=list(judgement.flags),
+                    display_order=display_order,
+                    time_spent_ms=spent,
+                    idempotency_key=key,
+                    source=JudgementSource.ANNOTATOR,
+                    gold_correct=_gold_correct(task, groups, judgement.choice),
+                )
+        except IntegrityError as exc:
+            raise AlreadyClosed("this task already has a judgement from you") from exc
+
+        assignment.state = AssignmentState.SUBMITTED
+        assignment.completed_at = now
+        assignment.save(update_fields=["state", "completed_at"])
+        task.judgement_count = F("judgement_count") + 1
+        task.save(update_fields=["judgement_count"])
+        task.refresh_from_db(fields=["judgement_count"])
+        if not task.is_gold and task.judgement_count >= task.project.overlap_k:
+            task.status = TaskStatus.COMPLETE
+            task.save(update_fields=["status"])
+        return stored, True
+
+
+def skip_task(*, annotator, assignment_id: int, reason: str = "", now: datetime | None = None) -> Assignment:
+    """Give a task back. The annotator is never served it again; others may take it."""
+    now = now or timezone.now()
+    if len(reason) > 500:
+        raise InvalidJudgement("must be at most 500 characters", field="reason")
+    with transaction.atomic():
+        assignment = Assignment.objects.select_for_update().filter(pk=assignment_id).first()
+        if assignment is None:
+            raise AssignmentNotFound(f"assignment {assignment_id} does not exist")
+        if assignment.annotator_id != annotator.pk:
+            raise NotYourAssignment("this assignment belongs to another annotator")
+        if assignment.state == AssignmentState.SKIPPED:
+            return assignment
+        if assignment.state != AssignmentState.LEASED:
+            raise AlreadyClosed(f"this assignment was already {assignment.state}")
+        assignment.state = AssignmentState.SKIPPED
+        assignment.completed_at = now
+        assignment.skip_reason = reason.strip()
+        assignment.save(update_fields=["state", "completed_at", "skip_reason"])
+        return assignment
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+def ensure_groups() -> tuple[Group, Group]:
+    annotators, _ = Group.objects.get_or_create(name=ANNOTATORS_GROUP)
+    admins, _ = Group.objects.get_or_create(name=ADMINS_GROUP)
+    return annotators, admins
+
+
+def create_annotator(*, username: str, password: str, is_admin: bool = False, email: str = ""):
+    """Create (or update the password of) an annotator; admins also get staff access."""
+    annotators, admins = ensure_groups()
+    with transaction.atomic():
+        user, _ = get_user_model().objects.get_or_create(username=username, defaults={"email": email})
+        user.set_password(password)
+        if is_admin:
+            user.is_staff = True
+        user.full_clean()
+        user.save()
+        user.groups.add(annotators)
+        if is_admin:
+            user.groups.add(admins)
+    Token.objects.get_or_create(user=user)
+    return user
+
+
+def is_labeling_admin(user) -> bool:
+    if not user.is_authenticated:
+        return False
+    return user.is_superuser or user.is_staff or user.groups.filter(name=ADMINS_GROUP).exists()

@@ -1,0 +1,87 @@
+"""Shared fixtures, and the loud list of tests skipped for a missing service."""
+
+import io
+import json
+import os
+import shutil
+
+import pytest
+from django.db import connection
+
+from labeling.importing.services import import_stream
+from labeling.models import ComparisonTask, Project
+from labeling.services import create_annotator
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+SERVICE_SKIPS: list[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    on_postgres = connection.vendor == "postgresql"
+    has_browser = os.path.exists(CHROMIUM) or shutil.which("chromium")
+    for item in items:
+        if "postgres" in item.keywords and not on_postgres:
+            item.add_marker(pytest.mark.skip(reason="needs PostgreSQL (DATABASE_URL); running on SQLite"))
+            SERVICE_SKIPS.append(f"{item.nodeid}  [no PostgreSQL]")
+        if "browser" in item.keywords and not has_browser:
+            item.add_marker(pytest.mark.skip(reason=f"needs chromium at {CHROMIUM}"))
+            SERVICE_SKIPS.append(f"{item.nodeid}  [no chromium]")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if SERVICE_SKIPS:
+        bar = "!" * 78
+        terminalreporter.write_line(bar, red=True, bold=True)
+        terminalreporter.write_line(
+            f"{len(SERVICE_SKIPS)} TESTS SKIPPED BECAUSE A SERVICE IS MISSING:", red=True, bold=True
+        )
+        for line in SERVICE_SKIPS:
+            terminalreporter.write_line(f"  SKIPPED {line}", red=True)
+        terminalreporter.write_line(bar, red=True, bold=True)
+
+
+def jsonl(items) -> io.BytesIO:
+    return io.BytesIO("".join(json.dumps(item) + "\n" for item in items).encode())
+
+
+def import_items(project, items, fmt="jsonl", **options):
+    return import_stream(project=project, stream=jsonl(items), fmt=fmt, source="test", **options)
+
+
+def make_items(n, replies=2, prefix="prompt"):
+    return [
+        {"prompt": f"{prefix} {i}: say something", "responses": [f"reply {j} to {prefix} {i}" for j in range(replies)]}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def project(db):
+    return Project.objects.create(name="test project", overlap_k=2, gold_rate=0.0, guidelines="Be **careful**.")
+
+
+@pytest.fixture
+def annotator(db):
+    return create_annotator(username="alice", password="alice-pass")
+
+
+@pytest.fixture
+def other_annotator(db):
+    return create_annotator(username="bob", password="bob-pass")
+
+
+@pytest.fixture
+def admin_user(db):
+    return create_annotator(username="admin", password="admin-pass", is_admin=True)
+
+
+@pytest.fixture
+def tasks(project):
+    import_items(project, make_items(5))
+    return list(ComparisonTask.objects.filter(project=project).order_by("pk"))
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hasher(settings):
+    # Tests create many accounts; the production hasher is slow on purpose.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
