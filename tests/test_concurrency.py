@@ -5,7 +5,7 @@ import threading
 from collections import Counter
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.models import Count
 
 from labeling.exceptions import LabelingError
@@ -17,10 +17,9 @@ from .conftest import import_items, make_items
 THREADS = 16
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_sixteen_annotators_at_once_never_exceed_k_or_store_twice(project):
-    assert connection.vendor == "postgresql"
+    """Runs on both backends: row locks on PostgreSQL, BEGIN IMMEDIATE on SQLite."""
     project.overlap_k = 3
     project.save()
     import_items(project, make_items(30))
@@ -82,3 +81,37 @@ def test_sixteen_annotators_at_once_never_exceed_k_or_store_twice(project):
     for task in ComparisonTask.objects.all():
         assert task.judgement_count == per_task[task.pk]
     assert not Assignment.objects.values("task", "annotator").annotate(n=Count("pk")).filter(n__gt=1).exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_task_locked_by_another_request_is_skipped_not_waited_for(project):
+    """SKIP LOCKED: while one transaction holds the first task, the next request takes the second at once."""
+    assert connection.vendor == "postgresql"
+    import_items(project, make_items(2))
+    first, second = ComparisonTask.objects.order_by("pk")
+    first.priority = 1
+    first.save()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_first_task():
+        try:
+            with transaction.atomic():
+                ComparisonTask.objects.select_for_update().get(pk=first.pk)
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_first_task)
+    holder.start()
+    try:
+        assert locked.wait(timeout=10)
+        user = create_annotator(username="eager", password="x")
+        assignment = assign_next_task(project=project, annotator=user)
+        assert assignment.task_id == second.pk
+    finally:
+        release.set()
+        holder.join()
+    other = create_annotator(username="later", password="x")
+    assert assign_next_task(project=project, annotator=other).task_id == first.pk
