@@ -217,6 +217,16 @@ def _gold_correct(task: ComparisonTask, groups: list[list[int]], choice: str) ->
     return choice not in (Choice.TIE, Choice.BOTH_BAD) and groups[0] == [task.gold_response_id]
 
 
+def _lock_own_assignment(annotator, assignment_id: int) -> Assignment:
+    """Lock the assignment row for this transaction; 404 / 403 unless it is the caller's."""
+    assignment = Assignment.objects.select_for_update().filter(pk=assignment_id).first()
+    if assignment is None:
+        raise AssignmentNotFound(f"assignment {assignment_id} does not exist")
+    if assignment.annotator_id != annotator.pk:
+        raise NotYourAssignment("this assignment belongs to another annotator")
+    return assignment
+
+
 def submit_judgement(
     *, annotator, assignment_id: int, judgement: JudgementInput, now: datetime | None = None
 ) -> tuple[Judgement, bool]:
@@ -227,16 +237,7 @@ def submit_judgement(
     now = now or timezone.now()
     key = judgement.idempotency_key
     with transaction.atomic():
-        assignment = (
-            Assignment.objects.select_for_update(of=("self",))
-            .select_related("task__project")
-            .filter(pk=assignment_id)
-            .first()
-        )
-        if assignment is None:
-            raise AssignmentNotFound(f"assignment {assignment_id} does not exist")
-        if assignment.annotator_id != annotator.pk:
-            raise NotYourAssignment("this assignment belongs to another annotator")
+        assignment = _lock_own_assignment(annotator, assignment_id)
         if key:
             earlier = Judgement.objects.filter(annotator=annotator, idempotency_key=key).first()
             if earlier is not None:
@@ -250,7 +251,7 @@ def submit_judgement(
         if assignment.expires_at <= now:
             raise LeaseExpired("the lease on this task expired; ask for the next task")
 
-        task = ComparisonTask.objects.select_for_update().select_related("project").get(pk=assignment.task_id)
+        task = ComparisonTask.objects.select_for_update(of=("self",)).select_related("project").get(pk=assignment.task_id)
         display_order = list(assignment.display_order)
         validate_judgement(judgement, len(display_order))
         groups = _ranking_groups(judgement, display_order)
@@ -299,11 +300,7 @@ def skip_task(*, annotator, assignment_id: int, reason: str = "", now: datetime 
     if len(reason) > 500:
         raise InvalidJudgement("must be at most 500 characters", field="reason")
     with transaction.atomic():
-        assignment = Assignment.objects.select_for_update().filter(pk=assignment_id).first()
-        if assignment is None:
-            raise AssignmentNotFound(f"assignment {assignment_id} does not exist")
-        if assignment.annotator_id != annotator.pk:
-            raise NotYourAssignment("this assignment belongs to another annotator")
+        assignment = _lock_own_assignment(annotator, assignment_id)
         if assignment.state == AssignmentState.SKIPPED:
             return assignment
         if assignment.state != AssignmentState.LEASED:

@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
-from .exceptions import InvalidJudgement, LabelingError, LeaseExpired
+from .exceptions import InvalidJudgement, LabelingError, LeaseExpired, NotYourAssignment
 from .models import FLAG_CHOICES, Assignment, Project, Response
 
 
@@ -80,6 +80,10 @@ def judgement_from_form(post, n_replies: int) -> services.JudgementInput:
     )
 
 
+def _forbidden(request, message: str):
+    return render(request, "labeling/error.html", {"message": message}, status=403)
+
+
 @require_POST
 @login_required
 def submit(request, assignment_id: int):
@@ -90,15 +94,15 @@ def submit(request, assignment_id: int):
         services.submit_judgement(annotator=request.user, assignment_id=assignment.pk, judgement=judgement)
     except InvalidJudgement as error:
         if assignment.annotator_id != request.user.pk:
-            return render(request, "labeling/error.html", {"message": "This task belongs to another annotator."}, status=403)
+            return _forbidden(request, "This task belongs to another annotator.")
         context = _compare_context(assignment)
         context.update(error=error, posted=request.POST)
         return render(request, "labeling/compare.html", context, status=400)
     except LeaseExpired as error:
         messages.warning(request, f"{error.message}. Here is a fresh task.")
+    except NotYourAssignment as error:
+        return _forbidden(request, error.message)
     except LabelingError as error:
-        if error.status_code == 403:
-            return render(request, "labeling/error.html", {"message": error.message}, status=403)
         messages.warning(request, error.message)
     else:
         messages.success(request, "Judgement saved.")
@@ -111,9 +115,9 @@ def skip(request, assignment_id: int):
     assignment = get_object_or_404(Assignment.objects.select_related("task"), pk=assignment_id)
     try:
         services.skip_task(annotator=request.user, assignment_id=assignment.pk, reason=request.POST.get("reason", ""))
+    except NotYourAssignment as error:
+        return _forbidden(request, error.message)
     except LabelingError as error:
-        if error.status_code == 403:
-            return render(request, "labeling/error.html", {"message": error.message}, status=403)
         messages.warning(request, error.message)
     else:
         messages.info(request, "Task skipped.")
