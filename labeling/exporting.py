@@ -95,6 +95,7 @@ def _raw_row(judgement: Judgement, texts: dict[int, str], origins: dict[int, str
     return {
         "judgement_id": judgement.pk,
         "task_id": task.pk,
+        "prompt_id": task.prompt_id,
         "project": task.project.name,
         "is_gold": task.is_gold,
         "prompt": task.prompt.messages,

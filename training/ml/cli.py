@@ -1,0 +1,184 @@
+"""Command line for the training engine, for a worker on another machine or torchrun.
+
+    python -m training.ml.cli reward --data raw.jsonl --backbone DIR --out DIR
+    torchrun --nproc_per_node=2 -m training.ml.cli reward --data raw.jsonl --backbone DIR --out DIR
+    python -m training.ml.cli sft --data demos.jsonl --policy DIR --out DIR
+    python -m training.ml.cli ppo --policy DIR --reward-model DIR --prompts prompts.jsonl --out DIR
+    python -m training.ml.cli generate --policy DIR --prompts prompts.jsonl --n 4 --out samples.jsonl
+
+Data files are JSON Lines: `reward` reads the labeling app's raw export; `sft` reads
+{"messages": [...], "reply": "..."}; `ppo` and `generate` read {"messages": [...]} (or
+{"prompt": "..."}). --config takes a JSON object of the trainer's config fields. Rank 0
+writes the model folder and, with --metrics-out, the final metrics as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from . import distributed
+
+
+def _config(cls, text: str | None):
+    values = json.loads(text) if text else {}
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise SystemExit(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+    return cls(**values)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _messages(row: dict) -> list[dict]:
+    return row["messages"] if "messages" in row else [{"role": "user", "content": row["prompt"]}]
+
+
+def _write_metrics(path: str | None, metrics: dict) -> None:
+    text = json.dumps(metrics, indent=2, default=str)
+    if path:
+        Path(path).write_text(text)
+    else:
+        print(text)
+
+
+def cmd_reward(args) -> dict:
+    from .data import build_examples, judgements_from_raw_export, split_by_prompt
+    from .reward import RewardTrainingConfig, train_reward_model
+    from .reward_model import RewardModel
+
+    config = _config(RewardTrainingConfig, args.config)
+    with open(args.data, encoding="utf-8") as f:
+        judgements = judgements_from_raw_export(f)
+    examples = build_examples(judgements, use_margin=args.use_margin, include_ties=config.tie_weight > 0)
+    train, val = split_by_prompt(examples, args.val_fraction, seed=config.seed)
+    torch.manual_seed(config.seed)
+    model, tokenizer = RewardModel.from_backbone(args.backbone)
+    metrics = train_reward_model(model, tokenizer, train, val, config)
+    if distributed.is_main_process() and args.out:
+        model.save_pretrained(args.out, tokenizer, extra={"metrics": {k: v for k, v in metrics.items() if k != "config"}})
+    return metrics
+
+
+def cmd_sft(args) -> dict:
+    from .checkpoint import load_policy, save_policy
+    from .sft import SFTConfig, train_sft
+
+    config = _config(SFTConfig, args.config)
+    rows = _read_jsonl(args.data)
+    demos = [(_messages(r), r["reply"]) for r in rows]
+    n_val = int(len(demos) * args.val_fraction)
+    model, tokenizer = load_policy(args.policy)
+    metrics = train_sft(model, tokenizer, demos[n_val:], config, val_demonstrations=demos[:n_val])
+    if distributed.is_main_process() and args.out:
+        save_policy(model, tokenizer, args.out)
+    return metrics
+
+
+def cmd_ppo(args) -> dict:
+    from .checkpoint import load_policy, save_policy
+    from .ppo import PPOConfig, PPOTrainer, ValueModel
+    from .reward_model import RewardModel, RewardScorer
+
+    config = _config(PPOConfig, args.config)
+    policy, tokenizer = load_policy(args.policy)
+    ref_policy, _ = load_policy(args.policy)
+    value_model = ValueModel.from_policy_folder(args.policy)
+    reward_model, reward_tokenizer = RewardModel.from_pretrained(args.reward_model)
+    prompts = [_messages(r) for r in _read_jsonl(args.prompts)]
+    trainer = PPOTrainer(policy, ref_policy, value_model, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config)
+    if args.resume:
+        trainer.load_state_dict(torch.load(args.resume, weights_only=False))
+    metrics = trainer.train(checkpoint_path=args.state, checkpoint_every=args.checkpoint_every)
+    if args.out:
+        save_policy(policy, tokenizer, args.out)
+    return {**metrics, "history": trainer.history}
+
+
+def cmd_generate(args) -> dict:
+    from .checkpoint import load_policy
+    from .generation import SamplingConfig, best_of_n, generate
+
+    config = _config(SamplingConfig, args.config)
+    config.n = args.n
+    policy, tokenizer = load_policy(args.policy)
+    prompts = [_messages(r) for r in _read_jsonl(args.prompts)]
+    torch.manual_seed(args.seed)
+    samples = generate(policy, tokenizer, prompts, config)
+    best = None
+    if args.reward_model:
+        from .reward_model import RewardModel, RewardScorer
+
+        scorer = RewardScorer(*RewardModel.from_pretrained(args.reward_model))
+        best = best_of_n(prompts, samples, scorer)
+    with open(args.out, "w", encoding="utf-8") as f:
+        for i, (messages, options) in enumerate(zip(prompts, samples)):
+            row = {"messages": messages, "samples": [s.__dict__ for s in options]}
+            if best:
+                row["best"] = {"text": best[i][0].text, "reward": best[i][1]}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {"prompts": len(prompts), "samples": sum(len(s) for s in samples)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.ml.cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    reward = sub.add_parser("reward", help="train a reward model on a raw judgement export")
+    reward.add_argument("--data", required=True)
+    reward.add_argument("--backbone", required=True, help="checkpoint folder of the backbone")
+    reward.add_argument("--out")
+    reward.add_argument("--val-fraction", type=float, default=0.1)
+    reward.add_argument("--use-margin", action="store_true")
+
+    sft = sub.add_parser("sft", help="supervised fine-tuning on demonstrations")
+    sft.add_argument("--data", required=True)
+    sft.add_argument("--policy", required=True)
+    sft.add_argument("--out")
+    sft.add_argument("--val-fraction", type=float, default=0.1)
+
+    ppo = sub.add_parser("ppo", help="PPO against a trained reward model")
+    ppo.add_argument("--policy", required=True)
+    ppo.add_argument("--reward-model", required=True)
+    ppo.add_argument("--prompts", required=True)
+    ppo.add_argument("--out")
+    ppo.add_argument("--state", help="where to write the resumable state")
+    ppo.add_argument("--checkpoint-every", type=int, default=0)
+    ppo.add_argument("--resume", help="a state written by --state")
+
+    gen = sub.add_parser("generate", help="sample replies (best-of-n with --reward-model)")
+    gen.add_argument("--policy", required=True)
+    gen.add_argument("--prompts", required=True)
+    gen.add_argument("--n", type=int, default=1)
+    gen.add_argument("--out", required=True)
+    gen.add_argument("--reward-model")
+    gen.add_argument("--seed", type=int, default=0)
+
+    for p in (reward, sft, ppo, gen):
+        p.add_argument("--config", help="JSON object of config fields")
+        p.add_argument("--metrics-out")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    distributed.init_from_env()
+    try:
+        metrics = {"reward": cmd_reward, "sft": cmd_sft, "ppo": cmd_ppo, "generate": cmd_generate}[args.command](args)
+        if distributed.is_main_process():
+            _write_metrics(args.metrics_out, metrics)
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""torch.distributed for the trainers: set-up from torchrun's environment, gradient
+averaging, and sums of metrics across ranks. Every helper is a no-op in one process.
+
+Under `torchrun --nproc_per_node=N` the environment holds RANK, WORLD_SIZE, MASTER_ADDR
+and MASTER_PORT; `init_from_env` joins the process group (gloo on CPU, nccl on GPUs).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Join the process group when launched by torchrun; return whether we are distributed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return rank_and_world()[0] == 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_gradients(model: torch.nn.Module) -> None:
+    """Sum gradients over ranks in one flat buffer (losses are pre-divided by the global count)."""
+    if not dist.is_initialized():
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:  # a rank with no example this step still joins the sum
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    for grad, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+        grad.copy_(reduced)
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Start every rank from rank 0's weights."""
+    if not dist.is_initialized():
+        return
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(tensor.data, src=0)

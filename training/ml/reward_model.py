@@ -1,0 +1,196 @@
+"""Reward model: any transformers backbone (encoder or decoder) plus a scalar head.
+
+The reward is read from the hidden state of the last real token of prompt + reply (the
+end token), the head is initialised N(0, 1/sqrt(d+1)) (Stiennon et al.), and a stored
+offset and scale turn raw scores into calibrated rewards (mean 0, std 1 on reference
+replies). Saved with `save_pretrained` into one folder: the backbone's config and weights,
+its tokenizer, `reward_head.safetensors` and `reward_model.json`.
+
+Shared prefix. The replies compared for one prompt all start with the same prompt tokens.
+For a decoder-only (causal) backbone the prompt's keys and values do not depend on what
+follows, so `score` runs each prompt once, keeps its KV cache, and runs only the reply
+tokens of every reply on top of a copy of that cache. Encoders attend both ways, so they
+get prompt + reply concatenated. Both paths give the same rewards (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel
+
+from .checkpoint import load_tokenizer, match_embeddings, write_atomically
+
+# Backbones whose attention is causal, so a prompt's KV cache can be shared by its replies.
+DECODER_ONLY_TYPES = {
+    "gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe",
+    "phi", "phi3", "gemma", "gemma2", "gemma3_text", "opt", "bloom", "falcon", "olmo", "olmo2", "smollm3", "granite",
+}
+HEAD_FILE = "reward_head.safetensors"
+META_FILE = "reward_model.json"
+
+
+@dataclass
+class RewardBatch:
+    """Prompts once, replies flattened; reply r answers prompt `reply_prompt[r]`."""
+
+    prompt_ids: torch.Tensor  # (P, Lp) right-padded
+    prompt_mask: torch.Tensor
+    reply_ids: torch.Tensor  # (R, Lr) right-padded
+    reply_mask: torch.Tensor
+    reply_prompt: torch.Tensor  # (R,)
+
+    @classmethod
+    def build(cls, prompts: list[list[int]], replies: list[list[int]], reply_prompt: list[int], pad_id: int) -> "RewardBatch":
+        prompt_ids, prompt_mask = pad_right(prompts, pad_id)
+        reply_ids, reply_mask = pad_right(replies, pad_id)
+        return cls(prompt_ids, prompt_mask, reply_ids, reply_mask, torch.tensor(reply_prompt, dtype=torch.long))
+
+    def concatenated(self, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, L) prompt + reply sequences, right-padded: the encoder path."""
+        sequences = []
+        for r in range(self.reply_ids.shape[0]):
+            p = int(self.reply_prompt[r])
+            prompt = self.prompt_ids[p, : int(self.prompt_mask[p].sum())]
+            reply = self.reply_ids[r, : int(self.reply_mask[r].sum())]
+            sequences.append(torch.cat([prompt, reply]).tolist())
+        return pad_right(sequences, pad_id)
+
+    @property
+    def tokens_concatenated(self) -> int:
+        lengths = self.prompt_mask.sum(1)[self.reply_prompt] + self.reply_mask.sum(1)
+        return int(lengths.sum())
+
+    @property
+    def tokens_shared(self) -> int:
+        return int(self.prompt_mask.sum() + self.reply_mask.sum())
+
+
+def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+class RewardModel(nn.Module):
+    def __init__(self, backbone, offset: float = 0.0, scale: float = 1.0, shared_prefix: bool | None = None):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden + 1))
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("offset", torch.tensor(float(offset)))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        causal = backbone.config.model_type in DECODER_ONLY_TYPES
+        self.shared_prefix = causal if shared_prefix is None else (shared_prefix and causal)
+
+    # ----------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_backbone(cls, path: str | os.PathLike, **kwargs):
+        """A new reward model on the backbone in `path` (a user's checkpoint folder or ours)."""
+        tokenizer = load_tokenizer(path)
+        backbone = AutoModel.from_pretrained(str(path), local_files_only=True)
+        match_embeddings(backbone, tokenizer)
+        return cls(backbone, **kwargs), tokenizer
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike):
+        """A trained reward model saved by save_pretrained."""
+        path = Path(path)
+        meta = json.loads((path / META_FILE).read_text())
+        tokenizer = load_tokenizer(path)
+        backbone = AutoModel.from_pretrained(str(path), local_files_only=True)
+        match_embeddings(backbone, tokenizer)
+        model = cls(backbone, offset=meta["offset"], scale=meta["scale"])
+        model.head.load_state_dict(load_file(path / HEAD_FILE))
+        return model, tokenizer
+
+    def save_pretrained(self, path: str | os.PathLike, tokenizer, extra: dict | None = None) -> Path:
+        def write(tmp: Path) -> None:
+            self.backbone.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()}, tmp / HEAD_FILE)
+            meta = {"offset": float(self.offset), "scale": float(self.scale), "read_at": "last real token", **(extra or {})}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+
+        return write_atomically(path, write)
+
+    # ----------------------------------------------------------------------- scoring
+
+    def forward(self, batch: RewardBatch, pad_id: int) -> torch.Tensor:
+        """Raw rewards (R,) for every reply in the batch."""
+        if self.shared_prefix:
+            return self._score_shared_prefix(batch)
+        ids, mask = batch.concatenated(pad_id)
+        return self._score_sequences(ids, mask)
+
+    def _score_sequences(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        last = mask.sum(1) - 1
+        return self.head(hidden[torch.arange(ids.shape[0]), last]).squeeze(-1)
+
+    def _score_shared_prefix(self, batch: RewardBatch) -> torch.Tensor:
+        prompt_out = self.backbone(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, use_cache=True)
+        cache = prompt_out.past_key_values
+        cache.batch_select_indices(batch.reply_prompt)  # one copy of its prompt's cache per reply
+        prompt_lengths = batch.prompt_mask.sum(1)[batch.reply_prompt]
+        positions = prompt_lengths.unsqueeze(1) + torch.arange(batch.reply_ids.shape[1]).unsqueeze(0)
+        mask = torch.cat([batch.prompt_mask[batch.reply_prompt], batch.reply_mask], dim=1)
+        hidden = self.backbone(
+            input_ids=batch.reply_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        ).last_hidden_state
+        last = batch.reply_mask.sum(1) - 1
+        return self.head(hidden[torch.arange(hidden.shape[0]), last]).squeeze(-1)
+
+    def calibrate(self, raw_rewards: torch.Tensor) -> None:
+        """Store offset and scale so that these (reference) rewards get mean 0, std 1."""
+        self.offset.fill_(raw_rewards.mean().item())
+        self.scale.fill_(max(raw_rewards.std().item(), 1e-6) if raw_rewards.numel() > 1 else 1.0)
+
+    def normalize(self, raw_rewards: torch.Tensor) -> torch.Tensor:
+        return (raw_rewards - self.offset) / self.scale
+
+
+class RewardScorer:
+    """Calibrated rewards for (conversation, reply text) pairs: the frozen reward model as
+    PPO and best-of-n see it. It re-tokenizes decoded text, so the policy may use another
+    tokenizer. Replies to the same conversation share one prompt pass."""
+
+    def __init__(self, model: RewardModel, tokenizer, *, max_prompt_tokens: int = 384, max_reply_tokens: int = 128, batch_size: int = 32):
+        from .text import tokenize_prompt, tokenize_reply
+
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self._prompt = lambda messages: tokenize_prompt(tokenizer, messages, max_prompt_tokens)
+        self._reply = lambda text: tokenize_reply(tokenizer, text, max_reply_tokens)
+        self.batch_size = batch_size
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[list[dict]], replies: list[str]) -> torch.Tensor:
+        rewards = []
+        for start in range(0, len(replies), self.batch_size):
+            chunk_prompts, chunk_replies = prompts[start : start + self.batch_size], replies[start : start + self.batch_size]
+            keys, unique, reply_prompt = {}, [], []
+            for messages in chunk_prompts:
+                key = json.dumps(messages, sort_keys=True)
+                if key not in keys:
+                    keys[key] = len(unique)
+                    unique.append(self._prompt(messages))
+                reply_prompt.append(keys[key])
+            batch = RewardBatch.build(unique, [self._reply(r) for r in chunk_replies], reply_prompt, self.tokenizer.pad_token_id)
+            rewards.append(self.model.normalize(self.model(batch, self.tokenizer.pad_token_id).float()))
+        return torch.cat(rewards) if rewards else torch.zeros(0)
