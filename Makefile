@@ -25,13 +25,13 @@ demo: migrate
 	$(PY) manage.py seed_demo
 	$(PY) manage.py bootstrap_models
 
-## run: install, migrate, load the demo and serve on http://$(HOST):$(PORT)/
+## run: install, migrate, load the demo, build the default model; web + worker + beat on http://$(HOST):$(PORT)/
 run: demo
 	@echo ""
 	@echo "  Open http://$(HOST):$(PORT)/ and log in with one of the accounts above."
 	@echo "  Admin: http://$(HOST):$(PORT)/admin/   API docs: http://$(HOST):$(PORT)/api/docs/"
 	@echo ""
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	HOST=$(HOST) PORT=$(PORT) $(PY) tools/run_all.py
 
 ## test: install and run every test (PostgreSQL when reachable, else SQLite with loud skips)
 test: install

@@ -36,9 +36,9 @@ from training.ml.text import render_prompt, render_reply  # noqa: E402
 CONFIG = DefaultModelConfig(vocab_size=4096, n_layer=4, n_embd=256, n_head=4, n_positions=512)
 
 
-def matmul_peak_flops(threads: int, size: int = 1024, repeats: int = 20) -> float:
+def matmul_peak_flops(threads: int, dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 20) -> float:
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
     start = time.perf_counter()
@@ -62,10 +62,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--no-shared-prefix", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (the matmul peak is then measured in bf16 too)")
     parser.add_argument("--dump", help="write the backbone folder and train / val data here (for the TRL comparison)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    peak = matmul_peak_flops(args.threads)
+    peak = matmul_peak_flops(args.threads, torch.bfloat16 if args.bf16 else torch.float32)
 
     judgements = preference_judgements(args.judgements, seed=1, prompt_words=(150, 260), reply_words=(30, 80))
     tokenizer = train_bpe_tokenizer(corpus(0, 2000), CONFIG.vocab_size)
@@ -85,7 +86,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model, tokenizer = RewardModel.from_backbone(backbone_dir, shared_prefix=not args.no_shared_prefix)
-    config = RewardTrainingConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, max_prompt_tokens=384, max_reply_tokens=128, seed=0)
+    config = RewardTrainingConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, max_prompt_tokens=384, max_reply_tokens=128, bf16=args.bf16, seed=0)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     metrics = train_reward_model(model, tokenizer, train, val, config)
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -94,6 +95,7 @@ def main() -> None:
     print(json.dumps({
         "trainer": "ours",
         "shared_prefix": metrics["shared_prefix"],
+        "bf16": args.bf16,
         "threads": args.threads,
         "train_pairs": len(train),
         "epochs": args.epochs,

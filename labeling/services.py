@@ -33,6 +33,7 @@ from .exceptions import (
     LeaseExpired,
     NotYourAssignment,
 )
+from .importing.formats import response_set_hash, text_hash
 from .models import (
     FLAG_CHOICES,
     Assignment,
@@ -42,6 +43,9 @@ from .models import (
     Judgement,
     JudgementSource,
     Project,
+    Prompt,
+    Response,
+    TaskResponse,
     TaskStatus,
 )
 from .selectors import active_lease_count, current_lease, unseen_tasks
@@ -310,6 +314,55 @@ def skip_task(*, annotator, assignment_id: int, reason: str = "", now: datetime 
         assignment.skip_reason = reason.strip()
         assignment.save(update_fields=["state", "completed_at", "skip_reason"])
         return assignment
+
+
+# --------------------------------------------------------------------------- generated replies
+
+
+@dataclass(frozen=True)
+class GeneratedReply:
+    text: str
+    origin: str
+    model_version_id: int | None = None
+    generation_params: dict | None = None
+
+
+def add_comparison_task(*, prompt: Prompt, replies: list[GeneratedReply], priority: int = 0) -> ComparisonTask | None:
+    """A new task comparing these replies to `prompt` (model-generated ones, typically).
+
+    Replies are keyed by their text like imported ones; returns None when fewer than two
+    distinct non-empty replies remain or the same set of replies is already a task.
+    """
+    distinct: dict[str, GeneratedReply] = {}
+    for reply in replies:
+        if reply.text.strip() and reply.text not in distinct:
+            distinct[reply.text] = reply
+    if len(distinct) < 2:
+        return None
+    with transaction.atomic():
+        responses = []
+        for text, reply in list(distinct.items())[: prompt.project.max_responses]:
+            response, _ = Response.objects.get_or_create(
+                prompt=prompt,
+                text_hash=text_hash(text),
+                defaults={
+                    "text": text,
+                    "origin": reply.origin,
+                    "model_version_id": reply.model_version_id,
+                    "generation_params": reply.generation_params or {},
+                },
+            )
+            responses.append(response)
+        set_hash = response_set_hash(prompt.content_hash, [r.text_hash for r in responses])
+        task, created = ComparisonTask.objects.get_or_create(
+            project=prompt.project, response_set_hash=set_hash, defaults={"prompt": prompt, "priority": priority}
+        )
+        if not created:
+            return None
+        TaskResponse.objects.bulk_create(
+            TaskResponse(task=task, response=response, position=i) for i, response in enumerate(responses)
+        )
+    return task
 
 
 # --------------------------------------------------------------------------- accounts

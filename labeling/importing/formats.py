@@ -60,6 +60,11 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def response_set_hash(prompt_hash: str, reply_hashes: list[str]) -> str:
+    """Identity of a comparison task: its prompt and the set of replies it compares."""
+    return content_hash([prompt_hash, sorted(reply_hashes)])
+
+
 # --------------------------------------------------------------------------- validation
 
 

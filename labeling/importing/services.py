@@ -34,7 +34,7 @@ from ..models import (
     Response,
     TaskResponse,
 )
-from .formats import FORMATS, ImportRecord, RecordError, batched, content_hash, iter_records, text_hash
+from .formats import FORMATS, ImportRecord, RecordError, batched, iter_records, response_set_hash, text_hash
 
 BATCH_SIZE = 500
 MAX_REPORTED_ERRORS = 100
@@ -115,7 +115,7 @@ def _write_batch(project: Project, records: list[ImportRecord], source: str, lab
 
     # 3. tasks, keyed by the set of replies they compare
     def set_hash(record: ImportRecord) -> str:
-        return content_hash([record.prompt_hash, sorted(text_hash(t) for t in record.responses)])
+        return response_set_hash(record.prompt_hash, [text_hash(t) for t in record.responses])
 
     set_hashes = {set_hash(record) for record in records}
     tasks = {

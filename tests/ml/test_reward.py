@@ -101,3 +101,12 @@ def test_pretrained_minilm_backbone_when_installed():
     scorer = RewardScorer(model, tokenizer)
     rewards = scorer([[{"role": "user", "content": "hi"}]] * 2, ["hello!", "go away"])
     assert rewards.shape == (2,) and torch.isfinite(rewards).all()
+
+
+def test_bf16_autocast_training_learns_the_rule_too(tiny_policy_dir):
+    torch.manual_seed(0)
+    model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    train, val = examples()
+    metrics = train_reward_model(model, tokenizer, train, val, RewardTrainingConfig(lr=1e-3, epochs=3, batch_size=16, bf16=True))
+    assert metrics["val_accuracy"] > 0.9
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay float32

@@ -4,6 +4,7 @@ same validation result as one process: accuracy identical, losses within 0.1% (r
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,12 +38,18 @@ def demonstrations(path: Path) -> None:
             f.write(json.dumps({"messages": [{"role": "user", "content": sentence(rng, 8)}], "reply": "certainly " + sentence(rng, 6, good=1)}) + "\n")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run(args: list[str], nproc: int, metrics: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     if nproc == 1:
         command = [sys.executable, "-m", "training.ml.cli", "--threads", "1"]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29517", "-m", "training.ml.cli", "--threads", "1"]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "training.ml.cli", "--threads", "1"]
     result = subprocess.run(command + args + ["--metrics-out", str(metrics)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(metrics.read_text())

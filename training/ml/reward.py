@@ -46,6 +46,7 @@ class RewardTrainingConfig:
     eval_every: int = 0  # steps; 0 = only at the end
     eval_batch_size: int = 16
     group_by_length: bool = True  # sort within windows of 50 batches to cut padding
+    bf16: bool = False  # bfloat16 autocast (weights and optimiser stay float32)
     seed: int = 0
 
 
@@ -84,6 +85,11 @@ def collate(examples: list[TokenizedExample], pad_id: int) -> tuple[RewardBatch,
         ties = [(offset + a, offset + b) for a, b in example.ties]
         index_maps.append((pairs, ties))
     return RewardBatch.build([e.prompt for e in examples], replies, reply_prompt, pad_id), index_maps
+
+
+def autocast(model: torch.nn.Module, enabled: bool):
+    device_type = next(model.parameters()).device.type
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def example_losses(rewards: torch.Tensor, index_maps, tie_weight: float) -> torch.Tensor:
@@ -133,7 +139,8 @@ def evaluate(model: RewardModel, examples: list[TokenizedExample], pad_id: int, 
     for start in range(0, len(mine), config.eval_batch_size):
         chunk = mine[start : start + config.eval_batch_size]
         batch, index_maps = collate(chunk, pad_id)
-        rewards = model(batch, pad_id).float()
+        with autocast(model, config.bf16):
+            rewards = model(batch, pad_id).float()
         sums[0] += example_losses(rewards, index_maps, config.tie_weight).sum().item()
         for pairs, _ in index_maps:
             for a, b, _ in pairs:
@@ -210,7 +217,8 @@ def train_reward_model(
             for start in range(0, len(mine), micro):
                 chunk = [train[i] for i in mine[start : start + micro]]
                 batch, index_maps = collate(chunk, pad_id)
-                rewards = model(batch, pad_id)
+                with autocast(model, config.bf16):
+                    rewards = model(batch, pad_id).float()
                 loss = example_losses(rewards, index_maps, config.tie_weight).sum() / n_step
                 loss.backward()
                 step_loss += loss.item()
@@ -234,7 +242,8 @@ def train_reward_model(
     elapsed = time.perf_counter() - started
 
     reference = tokenize_examples(reference_examples, tokenizer, config) if reference_examples else (val or train)
-    model.calibrate(raw_rewards(model, reference, pad_id))
+    with autocast(model, config.bf16):
+        model.calibrate(raw_rewards(model, reference, pad_id))
     final = {
         "steps": step,
         "train_loss": metrics.get("loss"),

@@ -1,0 +1,89 @@
+"""REST endpoints for training runs and model versions (labeling admins only)."""
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from labeling.api.permissions import IsLabelingAdmin
+from labeling.models import Project
+
+from .. import selectors, services
+from ..models import ModelVersion, TrainingRun
+from .serializers import RollbackInput, RunOutput, StartRunInput, VersionOutput
+
+
+class TrainingRunListView(generics.ListAPIView):
+    """GET: runs, newest first (filter: project, kind, status). POST: start a run (202)."""
+
+    permission_classes = [IsLabelingAdmin]
+    serializer_class = RunOutput
+
+    def get_queryset(self):
+        runs = TrainingRun.objects.select_related("requested_by").prefetch_related("versions").order_by("-created_at")
+        for field in ("project", "kind", "status", "parent"):
+            value = self.request.query_params.get(field)
+            if value == "none" and field == "parent":
+                runs = runs.filter(parent__isnull=True)
+            elif value:
+                runs = runs.filter(**{field: value})
+        return runs
+
+    @extend_schema(request=StartRunInput, responses={202: RunOutput})
+    def post(self, request):
+        payload = StartRunInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        project = get_object_or_404(Project, pk=data["project"])
+        run = services.start_run(project=project, kind=data["kind"], config=data["config"], requested_by=request.user)
+        return Response(RunOutput(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class TrainingRunDetailView(generics.RetrieveAPIView):
+    permission_classes = [IsLabelingAdmin]
+    serializer_class = RunOutput
+    queryset = TrainingRun.objects.prefetch_related("versions")
+
+
+class CancelRunView(APIView):
+    permission_classes = [IsLabelingAdmin]
+
+    @extend_schema(request=None, responses=RunOutput)
+    def post(self, request, pk: int):
+        run = services.cancel_run(run=get_object_or_404(TrainingRun, pk=pk))
+        return Response(RunOutput(run).data)
+
+
+class ModelVersionListView(generics.ListAPIView):
+    """Model versions (filter: project, kind, status)."""
+
+    permission_classes = [IsLabelingAdmin]
+    serializer_class = VersionOutput
+
+    def get_queryset(self):
+        versions = selectors.versions_for()
+        for field in ("project", "kind", "status"):
+            if self.request.query_params.get(field):
+                versions = versions.filter(**{field: self.request.query_params[field]})
+        return versions
+
+
+class PromoteVersionView(APIView):
+    permission_classes = [IsLabelingAdmin]
+
+    @extend_schema(request=None, responses=VersionOutput)
+    def post(self, request, pk: int):
+        version = services.promote_version(version=get_object_or_404(ModelVersion, pk=pk), note=f"promoted by {request.user.username}")
+        return Response(VersionOutput(version).data)
+
+
+class RollbackView(APIView):
+    permission_classes = [IsLabelingAdmin]
+
+    @extend_schema(request=RollbackInput, responses=VersionOutput)
+    def post(self, request, project_id: int):
+        payload = RollbackInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        version = services.roll_back(project=get_object_or_404(Project, pk=project_id), kind=payload.validated_data["kind"])
+        return Response(VersionOutput(version).data)

@@ -1,0 +1,53 @@
+import json
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from labeling.exceptions import LabelingError
+from labeling.models import Project
+from training.models import ACTIVE_RUN_STATUSES, RunKind, RunStatus, TrainingRun
+from training.services import start_run
+
+
+class Command(BaseCommand):
+    help = "Start a training run (reward, ppo, sft, generate, cycle) on the worker; --wait follows it to the end."
+
+    def add_arguments(self, parser):
+        parser.add_argument("kind", choices=RunKind.values)
+        parser.add_argument("--project", required=True)
+        parser.add_argument("--config", help="JSON object, e.g. '{\"ppo\": {\"steps\": 20}}'")
+        parser.add_argument("--wait", action="store_true", help="show a progress bar and print the final metrics as JSON")
+        parser.add_argument("--timeout", type=float, default=0, help="with --wait: give up after this many seconds")
+
+    def handle(self, *args, kind, project, config, wait, timeout, **options):
+        project_obj = Project.objects.filter(name=project).first()
+        if project_obj is None:
+            raise CommandError(f"no project named {project!r}")
+        try:
+            config_obj = json.loads(config) if config else {}
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--config is not valid JSON: {exc}") from exc
+        try:
+            run = start_run(project=project_obj, kind=kind, config=config_obj)
+        except LabelingError as error:
+            raise CommandError(error.message) from error
+        self.stderr.write(f"{kind} run {run.pk} queued")
+        if not wait:
+            self.stdout.write(str(run.pk))
+            return
+        started = time.monotonic()
+        with tqdm(total=100, desc=f"{kind} run {run.pk}", unit="%", file=self.stderr._out) as bar:
+            while True:
+                run.refresh_from_db()
+                bar.n = round(run.progress * 100)
+                bar.set_postfix(status=run.status)
+                bar.refresh()
+                if run.status not in ACTIVE_RUN_STATUSES:
+                    break
+                if timeout and time.monotonic() - started > timeout:
+                    raise CommandError(f"run {run.pk} still {run.status} after {timeout:.0f} s")
+                time.sleep(0.5)
+        if run.status != RunStatus.SUCCEEDED:
+            raise CommandError(f"run {run.pk} {run.status}: {run.error or run.log_tail}")
+        self.stdout.write(json.dumps(run.metrics, indent=2))

@@ -1,0 +1,345 @@
+"""Executes one TrainingRun inside a worker process.
+
+claim the run (queued -> running; anything else means a redelivery or a cancel: skip) ->
+load data through selectors -> call training.ml with hooks that write progress, metric
+series and heartbeats to the row and read its cancel flag -> write the model folder under
+a temporary name and rename it into place -> register a ModelVersion -> promote it only if
+the stated rule passes (services.promotion_decision). A crash at any point leaves the run
+failed (the traceback on the row, or the reaper when the process died) and no new version
+active.
+
+Model folders: ARTIFACT_ROOT/projects/<project id>/<kind>/run-<run id>.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from labeling.services import GeneratedReply, add_comparison_task
+
+from . import selectors, services
+from .defaults import default_policy_dir, reward_backbone_dir
+from .models import ModelVersion, RunKind, RunStatus, TrainingRun, VersionKind
+from .ml.checkpoint import load_policy, save_policy
+from .ml.data import build_examples, split_by_prompt
+from .ml.generation import SamplingConfig, generate
+from .ml.hooks import TrainerHooks, TrainingCancelled
+from .ml.ppo import PPOConfig, PPOTrainer, ValueModel
+from .ml.reward import RewardTrainingConfig, train_reward_model
+from .ml.reward_model import RewardModel, RewardScorer
+from .ml.sft import SFTConfig, train_sft
+
+log = logging.getLogger(__name__)
+SERIES_KEYS = {
+    "reward": ("loss", "lr", "val_accuracy"),
+    "ppo": ("reward_mean", "kl", "kl_k3", "entropy", "clipfrac", "approx_kl", "value_loss", "explained_variance", "response_length"),
+    "sft": ("loss", "lr"),
+}
+MAX_SERIES = 2000
+WRITE_EVERY_SECONDS = 0.5
+
+
+class TrainingFailed(Exception):
+    """A run that cannot proceed (no data, no reward model...); the message is shown as is."""
+
+
+class RunReporter:
+    """TrainerHooks that write to the run's row, plus a heartbeat thread for long steps."""
+
+    def __init__(self, run: TrainingRun, *, weight: float = 1.0, offset: float = 0.0, parent: "RunReporter | None" = None):
+        self.run_id, self.kind = run.pk, run.kind
+        self.weight, self.offset, self.parent = weight, offset, parent
+        self.series: list[dict] = []
+        self.log_lines: list[str] = []
+        self._last_write = 0.0
+        self._last_cancel_check = 0.0
+        self._cancelled = False
+        self._stop = threading.Event()
+        self._heartbeat = None
+
+    def hooks(self) -> TrainerHooks:
+        return TrainerHooks(on_progress=self.on_progress, should_stop=self.should_stop)
+
+    def log(self, line: str) -> None:
+        log.info("run %s: %s", self.run_id, line)
+        self.log_lines = (self.log_lines + [f"{timezone.now():%H:%M:%S} {line}"])[-50:]
+        TrainingRun.objects.filter(pk=self.run_id).update(log_tail="\n".join(self.log_lines), heartbeat_at=timezone.now())
+
+    def on_progress(self, metrics: dict) -> None:
+        fraction = min(1.0, float(metrics.get("fraction", 0.0)))
+        keys = SERIES_KEYS.get(self.kind, ())
+        point = {"step": metrics["step"], **{k: metrics[k] for k in keys if metrics.get(k) is not None}}
+        if len(point) > 1 and (not self.series or self.series[-1]["step"] != point["step"]):
+            self.series = (self.series + [point])[-MAX_SERIES:]
+        now = time.monotonic()
+        if now - self._last_write >= WRITE_EVERY_SECONDS or fraction >= 1.0:
+            self._last_write = now
+            TrainingRun.objects.filter(pk=self.run_id).update(progress=fraction, metric_series=self.series, heartbeat_at=timezone.now())
+            if self.parent is not None:
+                self.parent.set_progress(self.offset + self.weight * fraction)
+
+    def set_progress(self, fraction: float) -> None:
+        TrainingRun.objects.filter(pk=self.run_id).update(progress=min(1.0, fraction), heartbeat_at=timezone.now())
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_cancel_check >= WRITE_EVERY_SECONDS:
+            self._last_cancel_check = now
+            ids = [self.run_id] + ([self.parent.run_id] if self.parent else [])
+            self._cancelled = TrainingRun.objects.filter(pk__in=ids, cancel_requested=True).exists()
+        return self._cancelled
+
+    def start_heartbeat(self) -> None:
+        def beat():
+            try:
+                while not self._stop.wait(settings.TRAINING_HEARTBEAT_SECONDS):
+                    TrainingRun.objects.filter(Q(pk=self.run_id) | Q(parent_id=self.run_id), status=RunStatus.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+            finally:
+                connection.close()
+
+        self._heartbeat = threading.Thread(target=beat, name=f"heartbeat-run-{self.run_id}", daemon=True)
+        self._heartbeat.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+
+
+def artifact_dir(run: TrainingRun, kind: str) -> Path:
+    return Path(settings.ARTIFACT_ROOT) / "projects" / str(run.project_id) / kind / f"run-{run.pk}"
+
+
+def _merged(cls, *overrides: dict):
+    values: dict = {}
+    for override in overrides:
+        values.update(override or {})
+    known = set(cls.__dataclass_fields__)
+    unknown = set(values) - known
+    if unknown:
+        raise TrainingFailed(f"unknown {cls.__name__} settings: {', '.join(sorted(unknown))}")
+    return cls(**values)
+
+
+def _starting_policy(project) -> tuple[Path, ModelVersion | None]:
+    current = services.active_version(project, VersionKind.POLICY)
+    if current is not None:
+        return Path(current.artifact_path), current
+    path = default_policy_dir()
+    if not (path / "config.json").exists():
+        raise TrainingFailed(f"no policy: {path} is empty (run `manage.py bootstrap_models` or set DEFAULT_POLICY_PATH)")
+    return path, None
+
+
+def _register(run: TrainingRun, kind: str, path: Path, metrics: dict, parent: ModelVersion | None, reporter: RunReporter, auto_promote: bool = True) -> ModelVersion:
+    version = services.register_version(project=run.project, kind=kind, artifact_path=str(path), run=run, metrics=metrics, parent=parent)
+    ok, note = services.promotion_decision(kind=kind, metrics=metrics, project=run.project) if auto_promote else (False, "registered as a candidate; promote it by hand")
+    if ok:
+        services.promote_version(version=version, note=note)
+        reporter.log(f"{kind} v{version.number} promoted: {note}")
+    else:
+        ModelVersion.objects.filter(pk=version.pk).update(promotion_note=note)
+        reporter.log(f"{kind} v{version.number} kept as candidate: {note}")
+    version.refresh_from_db()
+    return version
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def stage_reward(run: TrainingRun, reporter: RunReporter) -> dict:
+    rules = services.training_settings_for(run.project)
+    config = _merged(RewardTrainingConfig, rules.reward_config, run.config.get("reward"))
+    judgements = selectors.training_judgements(run.project)
+    examples = build_examples(judgements, use_margin=bool(run.config.get("use_margin")), include_ties=config.tie_weight > 0)
+    train, val = split_by_prompt(examples, float(run.config.get("val_fraction", 0.2)), seed=config.seed)
+    if len(train) < 2:
+        raise TrainingFailed(f"only {len(examples)} usable judgements: need a few with a winner to train a reward model")
+    reporter.log(f"reward model: {len(train)} training and {len(val)} validation judgements")
+    torch.manual_seed(config.seed)
+    model, tokenizer = RewardModel.from_backbone(reward_backbone_dir())
+    metrics = train_reward_model(model, tokenizer, train, val, config, hooks=reporter.hooks())
+    metrics.pop("config", None)
+    path = artifact_dir(run, "reward")
+    model.save_pretrained(path, tokenizer, extra={"metrics": metrics})
+    version = _register(run, VersionKind.REWARD, path, metrics, services.active_version(run.project, VersionKind.REWARD), reporter)
+    return {**metrics, "version": version.number, "promoted": version.status == "active"}
+
+
+def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
+    rules = services.training_settings_for(run.project)
+    config = _merged(PPOConfig, rules.ppo_config, run.config.get("ppo"))
+    reward_version = services.active_version(run.project, VersionKind.REWARD)
+    if reward_version is None:
+        raise TrainingFailed("no active reward model: train one first")
+    start_path, start_version = _starting_policy(run.project)
+    prompts = selectors.policy_prompts(run.project)
+    if not prompts:
+        raise TrainingFailed("the project has no prompts")
+    reporter.log(f"PPO from {start_version or 'the default policy'} against reward v{reward_version.number}, {len(prompts)} prompts")
+    torch.manual_seed(config.seed)
+    policy, tokenizer = load_policy(start_path)
+    reference, _ = load_policy(start_path)  # the run's starting policy, frozen
+    value_model = ValueModel.from_policy_folder(start_path)
+    scorer = RewardScorer(*RewardModel.from_pretrained(reward_version.artifact_path))
+    trainer = PPOTrainer(policy, reference, value_model, tokenizer, scorer, prompts, config, hooks=reporter.hooks())
+    trainer.train()
+    last = trainer.history[-3:]
+    metrics = {
+        key: sum(h[key] for h in last if h.get(key) is not None) / max(1, sum(1 for h in last if h.get(key) is not None))
+        for key in ("reward_mean", "kl", "kl_k3", "entropy", "response_length")
+    }
+    metrics.update({"steps": trainer.step_count, "start_reward_mean": trainer.history[0]["reward_mean"], "reward_version": reward_version.number})
+    path = artifact_dir(run, "policy")
+    save_policy(policy, tokenizer, path)
+    version = _register(run, VersionKind.POLICY, path, metrics, start_version, reporter)
+    return {**metrics, "version": version.number, "promoted": version.status == "active"}
+
+
+def stage_sft(run: TrainingRun, reporter: RunReporter) -> dict:
+    config = _merged(SFTConfig, run.config.get("sft"))
+    demos = selectors.demonstrations(run.project)
+    if not demos:
+        raise TrainingFailed("no clear winners among the judgements to learn from")
+    start_path, start_version = _starting_policy(run.project)
+    policy, tokenizer = load_policy(start_path)
+    metrics = train_sft(policy, tokenizer, demos, config, hooks=reporter.hooks())
+    metrics.pop("config", None)
+    path = artifact_dir(run, "policy")
+    save_policy(policy, tokenizer, path)
+    version = _register(run, VersionKind.POLICY, path, metrics, start_version, reporter, auto_promote=False)
+    return {**metrics, "version": version.number, "promoted": False}
+
+
+def stage_generate(run: TrainingRun, reporter: RunReporter) -> dict:
+    """Fresh replies of the active policy against its predecessor's, as new comparison tasks."""
+    rules = services.training_settings_for(run.project)
+    sampling = _merged(SamplingConfig, rules.sampling_config, run.config.get("sampling"))
+    new_path, new_version = _starting_policy(run.project)
+    old_version = new_version.parent if new_version else None
+    old_path = Path(old_version.artifact_path) if old_version else (default_policy_dir() if new_version else None)
+    n_prompts = int(run.config.get("prompts", rules.generate_prompts))
+    prompts = selectors.prompts_for_generation(run.project, n_prompts, seed=run.pk)
+    messages = [p.messages for p in prompts]
+    torch.manual_seed(int(run.config.get("seed", run.pk)))
+    policy, tokenizer = load_policy(new_path)
+    sampling.n = max(1, int(run.config.get("replies_per_prompt", rules.generate_replies_per_prompt)))
+    new_samples = generate(policy, tokenizer, messages, sampling)
+    reporter.on_progress({"step": 1, "fraction": 0.5})
+    old_samples = None
+    if old_path is not None:
+        old_policy, old_tokenizer = load_policy(old_path)
+        old_sampling = SamplingConfig(**{**sampling.__dict__, "n": 1})
+        old_samples = generate(old_policy, old_tokenizer, messages, old_sampling)
+    new_name = f"policy v{new_version.number}" if new_version else "default policy"
+    old_name = f"policy v{old_version.number}" if old_version else "default policy"
+    params = {k: v for k, v in sampling.__dict__.items() if k != "batch_size"}
+    created = 0
+    for i, prompt in enumerate(prompts):
+        replies = [GeneratedReply(s.text, new_name, new_version.pk if new_version else None, {**params, "logprob": s.logprob}) for s in new_samples[i]]
+        if old_samples is not None:
+            replies.append(GeneratedReply(old_samples[i][0].text, old_name, old_version.pk if old_version else None, params))
+        else:
+            existing = selectors.existing_reply_for(prompt)
+            if existing:
+                replies.append(GeneratedReply(existing, "existing reply"))
+        if add_comparison_task(prompt=prompt, replies=replies, priority=10) is not None:
+            created += 1
+    reporter.on_progress({"step": 2, "fraction": 1.0})
+    reporter.log(f"{created} new comparison tasks from {new_name} against {old_name if old_samples is not None else 'existing replies'}")
+    return {"tasks_created": created, "prompts": len(prompts), "policy": new_name, "compared_with": old_name}
+
+
+def stage_cycle(run: TrainingRun, reporter: RunReporter) -> dict:
+    """Reward model, then PPO, then generation; each stage is a child run with its own row."""
+    results = {}
+    plan = [(RunKind.REWARD, 0.3), (RunKind.PPO, 0.6), (RunKind.GENERATE, 0.1)]
+    offset = 0.0
+    for kind, weight in plan:
+        child = TrainingRun.objects.create(project=run.project, kind=kind, parent=run, config=run.config, requested_by=run.requested_by, judgements_at_start=run.judgements_at_start)
+        child_reporter = RunReporter(child, weight=weight, offset=offset, parent=reporter)
+        result = execute(child.pk, reporter=child_reporter, raise_errors=True)
+        results[kind] = result
+        offset += weight
+        if kind == RunKind.PPO and not result.get("promoted"):
+            reporter.log("the new policy was not promoted: no new replies generated")
+            break
+    return results
+
+
+STAGES = {
+    RunKind.REWARD: stage_reward,
+    RunKind.PPO: stage_ppo,
+    RunKind.SFT: stage_sft,
+    RunKind.GENERATE: stage_generate,
+    RunKind.CYCLE: stage_cycle,
+}
+
+
+def _claim(run_id: int) -> TrainingRun | None:
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().select_related("project").filter(pk=run_id).first()
+        if run is None or run.status != RunStatus.QUEUED:
+            return None
+        now = timezone.now()
+        run.status, run.started_at, run.heartbeat_at = RunStatus.RUNNING, now, now
+        run.save(update_fields=["status", "started_at", "heartbeat_at"])
+        return run
+
+
+def _finish(run_id: int, status: str, **fields) -> None:
+    TrainingRun.objects.filter(pk=run_id).update(status=status, finished_at=timezone.now(), **fields)
+
+
+def execute(run_id: int, *, reporter: RunReporter | None = None, raise_errors: bool = False) -> dict:
+    """Run a queued TrainingRun to its end; return its metrics ({} when it was not claimed)."""
+    close_old_connections()
+    run = _claim(run_id)
+    if run is None:
+        log.warning("run %s is not queued (redelivered, cancelled or unknown): skipped", run_id)
+        return {}
+    reporter = reporter or RunReporter(run)
+    top_level = reporter.parent is None
+    if top_level:
+        reporter.start_heartbeat()
+    try:
+        result = STAGES[run.kind](run, reporter)
+    except TrainingCancelled:
+        _finish(run_id, RunStatus.CANCELLED, log_tail="\n".join(reporter.log_lines + ["cancelled on request"]))
+        if raise_errors:
+            raise
+        return {}
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, TrainingFailed) else traceback.format_exc()
+        _finish(run_id, RunStatus.FAILED, error=message)
+        log.error("run %s failed: %s", run_id, message)
+        if raise_errors:
+            raise
+        return {}
+    finally:
+        if top_level:
+            reporter.stop_heartbeat()
+    _finish(run_id, RunStatus.SUCCEEDED, metrics=_jsonable(result), progress=1.0, metric_series=reporter.series)
+    return result
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value

@@ -1,0 +1,221 @@
+"""Write paths of the training app: start, cancel, reap runs; register, promote, roll back
+versions; start the periodic cycle. Celery tasks, API views, admin actions and commands
+call these."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from labeling.models import Judgement, JudgementSource, Project
+
+from .exceptions import InvalidTrainingRequest, RunAlreadyActive, RunNotCancellable, VersionNotPromotable
+from .models import (
+    ACTIVE_RUN_STATUSES,
+    ModelVersion,
+    ProjectTrainingSettings,
+    RunKind,
+    RunStatus,
+    TrainingRun,
+    VersionStatus,
+)
+
+log = logging.getLogger(__name__)
+
+
+def training_settings_for(project: Project) -> ProjectTrainingSettings:
+    settings_row, _ = ProjectTrainingSettings.objects.get_or_create(project=project)
+    return settings_row
+
+
+def human_judgement_count(project: Project) -> int:
+    return Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR).count()
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def start_run(*, project: Project, kind: str, config: dict | None = None, requested_by=None, enqueue: bool = True) -> TrainingRun:
+    """Create a queued run and hand it to a worker on the `training` queue.
+
+    A second queued-or-running run of the same kind for the same project is refused
+    (RunAlreadyActive, HTTP 409); the database constraint makes that race-free.
+    """
+    if kind not in RunKind.values:
+        raise InvalidTrainingRequest(f"must be one of {', '.join(RunKind.values)}", field="kind")
+    if config is not None and not isinstance(config, dict):
+        raise InvalidTrainingRequest("must be a JSON object", field="config")
+    try:
+        with transaction.atomic():
+            run = TrainingRun.objects.create(
+                project=project,
+                kind=kind,
+                config=config or {},
+                requested_by=requested_by if getattr(requested_by, "is_authenticated", False) else None,
+                judgements_at_start=human_judgement_count(project),
+            )
+    except IntegrityError as exc:
+        active = TrainingRun.objects.filter(project=project, kind=kind, status__in=ACTIVE_RUN_STATUSES, parent=None).first()
+        raise RunAlreadyActive(
+            f"a {kind} run is already {active.status if active else 'active'} for this project"
+            + (f" (run {active.pk})" if active else "")
+        ) from exc
+    if enqueue:
+        transaction.on_commit(lambda: enqueue_run(run.pk))
+    return run
+
+
+def enqueue_run(run_id: int) -> None:
+    """Send the run to the broker; if the broker is unreachable the run fails visibly."""
+    from .tasks import run_training
+
+    try:
+        result = run_training.apply_async(args=[run_id], queue="training", retry=False)
+    except Exception as exc:  # noqa: BLE001 - any broker error must end up on the run
+        log.exception("could not enqueue run %s", run_id)
+        TrainingRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+            status=RunStatus.FAILED, error=f"could not reach the task broker: {exc}", finished_at=timezone.now()
+        )
+        return
+    TrainingRun.objects.filter(pk=run_id).update(celery_task_id=result.id or "")
+
+
+def cancel_run(*, run: TrainingRun) -> TrainingRun:
+    """A queued run is cancelled at once; a running one stops at its next step."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if run.status == RunStatus.QUEUED:
+            run.status, run.finished_at, run.cancel_requested = RunStatus.CANCELLED, timezone.now(), True
+            run.save(update_fields=["status", "finished_at", "cancel_requested"])
+        elif run.status == RunStatus.RUNNING:
+            run.cancel_requested = True
+            run.save(update_fields=["cancel_requested"])
+            TrainingRun.objects.filter(parent=run, status__in=ACTIVE_RUN_STATUSES).update(cancel_requested=True)
+        else:
+            raise RunNotCancellable(f"this run already {run.status}")
+    return run
+
+
+def reap_stale_runs(*, now=None, timeout_seconds: int | None = None) -> list[int]:
+    """Mark running runs whose heartbeat stopped as failed (their worker died)."""
+    now = now or timezone.now()
+    timeout = timeout_seconds if timeout_seconds is not None else settings.TRAINING_HEARTBEAT_TIMEOUT
+    cutoff = now - timedelta(seconds=timeout)
+    with transaction.atomic():
+        stale = list(
+            TrainingRun.objects.select_for_update(skip_locked=True)
+            .filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff)
+            .values_list("pk", flat=True)
+        )
+        TrainingRun.objects.filter(pk__in=stale).update(
+            status=RunStatus.FAILED,
+            finished_at=now,
+            error=f"no heartbeat for more than {timeout} s: the worker died or was killed; nothing was promoted",
+        )
+    for run_id in stale:
+        log.warning("reaped stale run %s", run_id)
+    return stale
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def register_version(*, project: Project, kind: str, artifact_path: str, run: TrainingRun | None, metrics: dict, parent=None) -> ModelVersion:
+    with transaction.atomic():
+        number = (ModelVersion.objects.select_for_update().filter(project=project, kind=kind).aggregate(n=Max("number"))["n"] or 0) + 1
+        return ModelVersion.objects.create(
+            project=project, kind=kind, number=number, artifact_path=artifact_path, produced_by=run, metrics=metrics, parent=parent
+        )
+
+
+def active_version(project: Project, kind: str) -> ModelVersion | None:
+    return ModelVersion.objects.filter(project=project, kind=kind, status=VersionStatus.ACTIVE).first()
+
+
+def promote_version(*, version: ModelVersion, note: str = "") -> ModelVersion:
+    """Make `version` the active one of its kind; the previous active one is retired."""
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if version.status == VersionStatus.ACTIVE:
+            return version
+        ModelVersion.objects.filter(project=version.project, kind=version.kind, status=VersionStatus.ACTIVE).update(
+            status=VersionStatus.RETIRED
+        )
+        version.status, version.promoted_at = VersionStatus.ACTIVE, timezone.now()
+        if note:
+            version.promotion_note = note
+        version.save(update_fields=["status", "promoted_at", "promotion_note"])
+    return version
+
+
+def roll_back(*, project: Project, kind: str) -> ModelVersion:
+    """Re-activate the version that was active before the current one."""
+    with transaction.atomic():
+        current = ModelVersion.objects.select_for_update().filter(project=project, kind=kind, status=VersionStatus.ACTIVE).first()
+        if current is None:
+            raise VersionNotPromotable(f"no active {kind} version to roll back from")
+        previous = (
+            ModelVersion.objects.filter(project=project, kind=kind, status=VersionStatus.RETIRED, promoted_at__isnull=False, number__lt=current.number)
+            .order_by("-number")
+            .first()
+        )
+        if previous is None:
+            raise VersionNotPromotable(f"{kind} v{current.number} has no earlier active version to return to")
+        current.status = VersionStatus.RETIRED
+        current.save(update_fields=["status"])
+        previous.status, previous.promoted_at = VersionStatus.ACTIVE, timezone.now()
+        previous.save(update_fields=["status", "promoted_at"])
+    return previous
+
+
+def promotion_decision(*, kind: str, metrics: dict, project: Project) -> tuple[bool, str]:
+    """The stated rule: a reward model must not be worse than the active one by more than
+    the margin in validation accuracy; a policy's final KL must stay below the bound."""
+    rules = training_settings_for(project)
+    if kind == "reward":
+        accuracy = metrics.get("val_accuracy")
+        if accuracy is None:
+            return False, "no validation accuracy (too few judgements to hold out a validation set)"
+        current = active_version(project, "reward")
+        baseline = (current.metrics.get("val_accuracy") if current else None) or 0.0
+        if accuracy + rules.reward_accuracy_margin < baseline:
+            return False, f"validation accuracy {accuracy:.3f} is below the active model's {baseline:.3f} minus {rules.reward_accuracy_margin}"
+        return True, f"validation accuracy {accuracy:.3f} (active: {baseline:.3f})"
+    if kind == "policy":
+        kl = metrics.get("kl")
+        if kl is None or kl > rules.ppo_max_kl:
+            return False, f"final KL {kl} is above the bound {rules.ppo_max_kl}"
+        return True, f"final KL {kl:.3f} within {rules.ppo_max_kl}"
+    return True, "no evaluation rule for this kind"
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def start_due_cycles() -> list[TrainingRun]:
+    """The periodic check: a full cycle for every project with enough new judgements.
+
+    Nothing starts for a project that already has a cycle queued or running.
+    """
+    started = []
+    for project in Project.objects.filter(is_active=True):
+        rules = training_settings_for(project)
+        if not rules.auto_retrain:
+            continue
+        if TrainingRun.objects.filter(project=project, status__in=ACTIVE_RUN_STATUSES, parent=None).exists():
+            continue
+        current = active_version(project, "reward")
+        baseline = current.produced_by.judgements_at_start if current and current.produced_by else 0
+        new = human_judgement_count(project) - baseline
+        if new < rules.retrain_min_new_judgements:
+            continue
+        try:
+            started.append(start_run(project=project, kind=RunKind.CYCLE, config={"trigger": "schedule", "new_judgements": new}))
+        except RunAlreadyActive:
+            continue
+    return started
