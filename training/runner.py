@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -305,7 +305,6 @@ def _finish(run_id: int, status: str, **fields) -> None:
 
 def execute(run_id: int, *, reporter: RunReporter | None = None, raise_errors: bool = False) -> dict:
     """Run a queued TrainingRun to its end; return its metrics ({} when it was not claimed)."""
-    close_old_connections()
     run = _claim(run_id)
     if run is None:
         log.warning("run %s is not queued (redelivered, cancelled or unknown): skipped", run_id)

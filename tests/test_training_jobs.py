@@ -1,0 +1,246 @@
+"""Training jobs run inline (the worker's code path without the broker): registry, gates,
+cancel, failure, reaper, periodic retraining, API, and the start_run command."""
+
+import io
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from labeling.models import ComparisonTask, Project, Response
+from labeling.services import JudgementInput, assign_next_task, submit_judgement
+from training import runner, services
+from training.exceptions import RunAlreadyActive
+from training.ml.checkpoint import load_policy
+from training.ml.reward_model import RewardModel
+from training.ml.synthetic import preference_judgements
+from training.models import ModelVersion, RunStatus, TrainingRun
+
+from .conftest import import_items
+
+TINY_REWARD = {"lr": 1e-3, "epochs": 3, "batch_size": 16}
+TINY_PPO = {"steps": 3, "rollout_batch_size": 8, "minibatch_size": 4, "ppo_epochs": 2, "max_new_tokens": 8, "temperature": 1.0, "lr": 1e-4}
+
+
+@pytest.fixture
+def models_on_disk(settings, tiny_policy_dir, tmp_path):
+    settings.DEFAULT_POLICY_PATH = tiny_policy_dir
+    settings.REWARD_BACKBONE = "policy"
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    settings.TRAINING_HEARTBEAT_SECONDS = 3600  # progress writes are the heartbeat in these short runs
+    return tmp_path
+
+
+def labelled_project(name="jobs", n=160) -> Project:
+    """A project with imported, labelled pairs that follow the synthetic good-words rule."""
+    project = Project.objects.create(name=name, overlap_k=1, gold_rate=0)
+    rows = []
+    for judgement in preference_judgements(n, seed=5):
+        better, worse = judgement.ranking[0][0], judgement.ranking[1][0]
+        rows.append({"prompt": judgement.messages[0]["content"], "chosen": judgement.replies[better], "rejected": judgement.replies[worse]})
+    import_items(project, rows, fmt="trl", with_labels=True)
+    settings_row = services.training_settings_for(project)
+    settings_row.reward_config, settings_row.ppo_config = TINY_REWARD, TINY_PPO
+    settings_row.generate_prompts = 5
+    settings_row.save()
+    return project
+
+
+def run_now(project, kind, config=None):
+    run = services.start_run(project=project, kind=kind, config=config, enqueue=False)
+    runner.execute(run.pk)
+    run.refresh_from_db()
+    return run
+
+
+def test_reward_run_registers_and_promotes_a_loadable_version(db, models_on_disk):
+    project = labelled_project()
+    run = run_now(project, "reward")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.progress == 1.0 and run.metrics["val_accuracy"] > 0.8
+    assert run.metric_series and "loss" in run.metric_series[0]
+    version = ModelVersion.objects.get(produced_by=run)
+    assert version.status == "active" and version.number == 1 and "validation accuracy" in version.promotion_note
+    assert Path(version.artifact_path).is_relative_to(models_on_disk / "artifacts")
+    model, _ = RewardModel.from_pretrained(version.artifact_path)
+    assert float(model.scale) > 0
+
+
+def test_a_worse_reward_model_stays_candidate(db, models_on_disk):
+    project = labelled_project()
+    first = run_now(project, "reward")
+    ModelVersion.objects.filter(produced_by=first).update(metrics={**first.metrics, "val_accuracy": 1.5})  # unbeatable
+    second = run_now(project, "reward")
+    new = ModelVersion.objects.get(produced_by=second)
+    assert new.status == "candidate" and "below the active model" in new.promotion_note
+    assert ModelVersion.objects.get(produced_by=first).status == "active"
+
+
+def test_second_active_run_of_a_kind_is_refused(db, models_on_disk, admin_user):
+    project = labelled_project()
+    services.start_run(project=project, kind="reward", enqueue=False)
+    with pytest.raises(RunAlreadyActive):
+        services.start_run(project=project, kind="reward", enqueue=False)
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    response = api.post("/api/v1/training-runs/", {"project": project.pk, "kind": "reward"}, format="json")
+    assert response.status_code == 409 and "already queued" in response.json()["detail"]
+    other_kind = api.post("/api/v1/training-runs/", {"project": project.pk, "kind": "sft"}, format="json")
+    assert other_kind.status_code == 202 and other_kind.json()["status"] == "queued"
+
+
+def test_ppo_needs_a_reward_model_and_then_registers_a_policy(db, models_on_disk):
+    project = labelled_project()
+    failed = run_now(project, "ppo")
+    assert failed.status == RunStatus.FAILED and "no active reward model" in failed.error
+    run_now(project, "reward")
+    run = run_now(project, "ppo")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert [p["step"] for p in run.metric_series] == [1, 2, 3] and "kl" in run.metric_series[0]
+    policy = ModelVersion.objects.get(produced_by=run)
+    assert policy.kind == "policy" and policy.status == "active"
+    load_policy(policy.artifact_path)
+
+
+def test_generate_adds_tasks_whose_origin_is_stored_but_hidden(db, models_on_disk, annotator):
+    project = labelled_project()
+    before = ComparisonTask.objects.count()
+    run = run_now(project, "generate", {"prompts": 4})
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert ComparisonTask.objects.count() > before
+    generated = Response.objects.filter(origin="default policy")
+    assert generated.exists()
+    assignment = assign_next_task(project=project, annotator=annotator)  # priority 10: served first
+    assert assignment.task.priority == 10
+    api = APIClient()
+    api.force_authenticate(annotator)
+    body = api.post(f"/api/v1/projects/{project.pk}/next-task/").content.decode()
+    assert "default policy" not in body and "origin" not in body
+
+
+def test_full_cycle_runs_three_stages(db, models_on_disk):
+    project = labelled_project()
+    cycle = run_now(project, "cycle")
+    assert cycle.status == RunStatus.SUCCEEDED, cycle.error
+    stages = list(TrainingRun.objects.filter(parent=cycle).order_by("pk"))
+    assert [s.kind for s in stages] == ["reward", "ppo", "generate"]
+    assert all(s.status == RunStatus.SUCCEEDED for s in stages)
+    assert cycle.progress == 1.0 and cycle.metrics["generate"]["tasks_created"] > 0
+    policy = ModelVersion.objects.get(project=project, kind="policy", status="active")
+    assert Response.objects.filter(model_version=policy).exists()
+
+
+def test_cancel_stops_between_steps_and_promotes_nothing(db, models_on_disk):
+    project = labelled_project()
+    queued = services.start_run(project=project, kind="reward", enqueue=False)
+    services.cancel_run(run=queued)
+    queued.refresh_from_db()
+    assert queued.status == RunStatus.CANCELLED
+    run = services.start_run(project=project, kind="reward", enqueue=False)
+    TrainingRun.objects.filter(pk=run.pk).update(cancel_requested=True)  # as if cancelled right after it started
+    runner.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED and not ModelVersion.objects.exists()
+
+
+def test_failed_run_keeps_its_error_and_the_next_one_succeeds(db, models_on_disk, settings):
+    project = labelled_project()
+    settings.REWARD_BACKBONE = str(models_on_disk / "no-such-model")
+    failed = run_now(project, "reward")
+    assert failed.status == RunStatus.FAILED and "REWARD_BACKBONE" in failed.error
+    assert not ModelVersion.objects.exists()
+    settings.REWARD_BACKBONE = "policy"
+    assert run_now(project, "reward").status == RunStatus.SUCCEEDED
+
+
+def test_redelivered_task_does_not_run_twice(db, models_on_disk):
+    project = labelled_project()
+    run = run_now(project, "reward")
+    assert runner.execute(run.pk) == {}  # acks_late redelivery of a finished run
+    assert ModelVersion.objects.count() == 1
+
+
+def test_reaper_fails_runs_whose_heartbeat_stopped(db, models_on_disk):
+    project = labelled_project()
+    now = timezone.now()
+    stale = services.start_run(project=project, kind="reward", enqueue=False)
+    fresh = services.start_run(project=project, kind="ppo", enqueue=False)
+    TrainingRun.objects.filter(pk=stale.pk).update(status=RunStatus.RUNNING, heartbeat_at=now - timedelta(minutes=10))
+    TrainingRun.objects.filter(pk=fresh.pk).update(status=RunStatus.RUNNING, heartbeat_at=now)
+    assert services.reap_stale_runs(now=now, timeout_seconds=60) == [stale.pk]
+    stale.refresh_from_db()
+    assert stale.status == RunStatus.FAILED and "heartbeat" in stale.error
+    assert TrainingRun.objects.get(pk=fresh.pk).status == RunStatus.RUNNING
+
+
+def test_periodic_retraining_threshold_and_no_second_cycle(db, models_on_disk, annotator):
+    project = Project.objects.create(name="periodic", overlap_k=1, gold_rate=0)
+    import_items(project, [{"prompt": f"q{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(6)])
+    rules = services.training_settings_for(project)
+    rules.retrain_min_new_judgements = 5
+    rules.save()
+    for _ in range(4):
+        assignment = assign_next_task(project=project, annotator=annotator)
+        submit_judgement(annotator=annotator, assignment_id=assignment.pk, judgement=JudgementInput("A", 2))
+    assert services.start_due_cycles() == []  # 4 < 5
+    assignment = assign_next_task(project=project, annotator=annotator)
+    submit_judgement(annotator=annotator, assignment_id=assignment.pk, judgement=JudgementInput("A", 2))
+    [cycle] = services.start_due_cycles()
+    assert cycle.kind == "cycle" and cycle.config["new_judgements"] == 5
+    assert services.start_due_cycles() == []  # a tick while it is queued or running starts nothing
+    TrainingRun.objects.filter(pk=cycle.pk).update(status=RunStatus.RUNNING)
+    assert services.start_due_cycles() == []
+
+
+def test_promote_and_roll_back(db, models_on_disk, admin_user):
+    project = labelled_project()
+    first = ModelVersion.objects.get(produced_by=run_now(project, "reward"))
+    second = ModelVersion.objects.get(produced_by=run_now(project, "reward"))
+    assert second.status == "active"
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    response = api.post(f"/api/v1/projects/{project.pk}/rollback/", {"kind": "reward"}, format="json")
+    assert response.status_code == 200 and response.json()["id"] == first.pk
+    first.refresh_from_db(), second.refresh_from_db()
+    assert (first.status, second.status) == ("active", "retired")
+    assert api.post(f"/api/v1/model-versions/{second.pk}/promote/").status_code == 200
+    second.refresh_from_db()
+    assert second.status == "active"
+    nothing_before = api.post(f"/api/v1/projects/{project.pk}/rollback/", {"kind": "policy"}, format="json")
+    assert nothing_before.status_code == 409
+
+
+@pytest.mark.parametrize(
+    "method, url, body",
+    [
+        ("get", "/api/v1/training-runs/", None),
+        ("post", "/api/v1/training-runs/", {"project": 0, "kind": "reward"}),
+        ("get", "/api/v1/model-versions/", None),
+        ("get", "/training/", None),
+    ],
+)
+def test_training_endpoints_are_for_admins_only(db, annotator, method, url, body):
+    anonymous = APIClient()
+    assert getattr(anonymous, method)(url, body, format="json").status_code in (401, 302)
+    api = APIClient()
+    api.force_authenticate(annotator)
+    assert getattr(api, method)(url, body, format="json").status_code in (403, 302)
+
+
+def test_start_run_command_waits_and_prints_metrics(transactional_db, models_on_disk, settings):
+    from feedback_site.celery import app
+
+    project = labelled_project()
+    app.conf.task_always_eager = True  # the worker's code path, in this process
+    try:
+        out, err = io.StringIO(), io.StringIO()
+        call_command("start_run", "reward", "--project", project.name, "--wait", "--timeout", "300", stdout=out, stderr=err)
+    finally:
+        app.conf.task_always_eager = False
+    metrics = json.loads(out.getvalue())
+    assert metrics["val_accuracy"] > 0.8 and metrics["promoted"] is True
+    assert "reward run" in err.getvalue()
