@@ -4,6 +4,7 @@ import io
 import json
 import os
 import shutil
+import socket
 
 import pytest
 import torch
@@ -19,10 +20,29 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 SERVICE_SKIPS: list[str] = []
 
 
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def redis_reachable(url: str = TEST_REDIS_URL) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 def pytest_collection_modifyitems(config, items):
     on_postgres = connection.vendor == "postgresql"
     has_browser = os.path.exists(CHROMIUM) or shutil.which("chromium")
+    has_redis = redis_reachable()
     for item in items:
+        if "redis" in item.keywords and not has_redis:
+            item.add_marker(pytest.mark.skip(reason=f"needs Redis at {TEST_REDIS_URL}"))
+            SERVICE_SKIPS.append(f"{item.nodeid}  [no Redis]")
         if "postgres" in item.keywords and not on_postgres:
             item.add_marker(pytest.mark.skip(reason="needs PostgreSQL (DATABASE_URL); running on SQLite"))
             SERVICE_SKIPS.append(f"{item.nodeid}  [no PostgreSQL]")
