@@ -244,3 +244,33 @@ def test_start_run_command_waits_and_prints_metrics(transactional_db, models_on_
     metrics = json.loads(out.getvalue())
     assert metrics["val_accuracy"] > 0.8 and metrics["promoted"] is True
     assert "reward run" in err.getvalue()
+
+
+def test_judgements_are_stored_while_the_broker_is_down(db, models_on_disk, annotator, admin_user, django_capture_on_commit_callbacks):
+    """Redis gone: annotators keep working (the web path never touches the broker); a run
+    started meanwhile fails visibly instead of hanging in 'queued'."""
+    from feedback_site.celery import app
+
+    from .test_worker_e2e import use_broker
+
+    project = Project.objects.create(name="no broker", overlap_k=1, gold_rate=0)
+    import_items(project, [{"prompt": f"q{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(3)])
+    previous = app.conf.broker_url
+    use_broker(app, "redis://127.0.0.1:6399/0")  # nothing listens there
+    try:
+        client = APIClient()
+        client.force_authenticate(annotator)
+        for _ in range(3):
+            task = client.post(f"/api/v1/projects/{project.pk}/next-task/").json()
+            stored = client.post(f"/api/v1/assignments/{task['assignment_id']}/submit/", {"choice": "A", "strength": 2}, format="json")
+            assert stored.status_code == 201
+        admin = APIClient()
+        admin.force_authenticate(admin_user)
+        with django_capture_on_commit_callbacks(execute=True):
+            started = admin.post("/api/v1/training-runs/", {"project": project.pk, "kind": "reward"}, format="json")
+        assert started.status_code == 202
+    finally:
+        use_broker(app, previous)
+    run = TrainingRun.objects.get(pk=started.json()["id"])
+    assert run.status == RunStatus.FAILED and "could not reach the task broker" in run.error
+    assert project.tasks.filter(judgement_count=1).count() == 3

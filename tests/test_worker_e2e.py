@@ -228,3 +228,53 @@ def test_sigkill_mid_run_leaves_run_failed_and_nothing_promoted(loop_env, settin
     retry = wait_for(retry.pk, {RunStatus.SUCCEEDED, RunStatus.FAILED}, timeout=300, worker=fresh)
     assert retry.status == RunStatus.SUCCEEDED, retry.error
     assert ModelVersion.objects.get(project=project, kind="policy", status="active").produced_by_id == retry.pk
+
+
+@pytest.mark.browser
+def test_dashboard_starts_a_reward_run_and_shows_progress_version_and_chart(loop_env, live_server, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    from .conftest import CHROMIUM, import_items
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # ORM calls beside playwright's event loop
+    project = Project.objects.create(name="dashboard", overlap_k=1, gold_rate=0)
+    rng = random.Random(5)
+    import_items(project, [{"prompt": prompt_text(rng), "chosen": "sure " + prompt_text(rng), "rejected": "no " + prompt_text(rng)} for _ in range(60)], fmt="trl", with_labels=True)
+    rules = services.training_settings_for(project)
+    rules.reward_config = {"lr": 1e-3, "epochs": 4, "batch_size": 8}
+    rules.save()
+    create_annotator(username="boss", password="boss-secret-pass", is_admin=True)
+    worker = loop_env["start_worker"]()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{live_server.url}/accounts/login/?next=/training/%3Fproject%3D{project.pk}")
+        page.fill("#id_username", "boss")
+        page.fill("#id_password", "boss-secret-pass")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#dashboard")
+        page.click("#start-reward")
+        page.wait_for_selector("#runs tr.run td >> text=reward")
+        seen_progress = set()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            bar = page.locator("#runs progress.run-progress").first
+            if bar.count():
+                seen_progress.add(int(bar.get_attribute("value") or 0))
+            if page.locator("#runs tr.run-succeeded").count():
+                break
+            if page.locator("#runs tr.run-failed").count():
+                raise AssertionError(TrainingRun.objects.first().error + worker.log())
+            time.sleep(0.3)
+        page.wait_for_selector("#runs tr.run-succeeded progress[value='100']")
+        page.wait_for_selector("#versions tr.version-active >> text=reward v1")
+        assert page.locator("#chart-rm circle").count() == 1
+        if os.environ.get("SCREENSHOT_DIR"):
+            page.screenshot(path=os.path.join(os.environ["SCREENSHOT_DIR"], "dashboard.png"), full_page=True)
+        browser.close()
+    assert max(seen_progress) == 100
+    assert not errors, errors
+    assert ModelVersion.objects.get(project=project, kind="reward").status == "active"

@@ -25,7 +25,10 @@
     return data;
   }
   function cell(text) { const td = document.createElement("td"); td.textContent = text; return td; }
-  function fmt(value) { return typeof value === "number" ? (Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(3)) : String(value); }
+  function fmt(value) {
+    if (typeof value !== "number") return String(value);
+    return Number.isInteger(value) || Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(3);
+  }
   function summary(metrics) {
     const keys = ["val_accuracy", "reward_mean", "kl", "tasks_created", "train_loss", "version", "promoted"];
     return keys.filter(function (k) { return metrics && metrics[k] !== undefined; }).map(function (k) { return k + " " + fmt(metrics[k]); }).join(", ");
