@@ -155,7 +155,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"JudgementChoiceEnum": "labeling.models.Choice"},
+    "ENUM_NAME_OVERRIDES": {
+        "JudgementChoiceEnum": "labeling.models.Choice",
+        "RunKindEnum": "training.models.RunKind",
+        "VersionKindEnum": "training.models.VersionKind",
+    },
 }
 
 # Training: where model folders live, which policy to start from, which reward backbone.
