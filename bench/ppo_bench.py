@@ -3,8 +3,8 @@
 Policy, reference, value model and reward model: GPT-2 style, 4 layers, width 256
 (random init: this measures speed, not learning); batch 8 prompts of ~250-380 tokens,
 up to 128 new tokens each (sequences up to 512), 4 PPO epochs of 2 minibatches, 2 CPU
-threads. Prints seconds per PPO step, rollout (generation) tokens per second and the
-split between rollout and update.
+threads. Prints seconds per PPO step, the rollout's share (sampling + policy, reference,
+value and reward passes), and generated tokens per second while sampling (KV cache).
 
     python bench/ppo_bench.py [--steps 4]
 """
@@ -56,12 +56,13 @@ def main() -> None:
     )
     trainer = PPOTrainer(policy, ref_policy, value_model, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config)
     trainer.step()  # warm-up
-    rollout_seconds, step_seconds, tokens = [], [], 0
+    rollout_seconds, generation_seconds, step_seconds, tokens = [], [], [], 0
     for _ in range(args.steps):
         metrics = trainer.step()
         step_seconds.append(metrics["step_seconds"])
+        rollout_seconds.append(metrics["rollout_seconds"])
         tokens_this = metrics["response_length"] * config.rollout_batch_size
-        rollout_seconds.append(tokens_this / metrics["generated_tokens_per_second"])
+        generation_seconds.append(tokens_this / metrics["generated_tokens_per_second"])
         tokens += tokens_this
     print(json.dumps({
         "threads": args.threads,
@@ -70,7 +71,8 @@ def main() -> None:
         "mean_response_tokens": round(tokens / args.steps / config.rollout_batch_size, 1),
         "seconds_per_step": round(sum(step_seconds) / len(step_seconds), 2),
         "rollout_seconds_per_step": round(sum(rollout_seconds) / len(rollout_seconds), 2),
-        "generated_tokens_per_second": round(tokens / sum(rollout_seconds), 1),
+        "generation_seconds_per_step": round(sum(generation_seconds) / len(generation_seconds), 2),
+        "generated_tokens_per_second": round(tokens / sum(generation_seconds), 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }))
 

@@ -258,8 +258,9 @@ def stage_generate(run: TrainingRun, reporter: RunReporter) -> dict:
         if add_comparison_task(prompt=prompt, replies=replies, priority=10) is not None:
             created += 1
     reporter.on_progress({"step": 2, "fraction": 1.0})
-    reporter.log(f"{created} new comparison tasks from {new_name} against {old_name if old_samples is not None else 'existing replies'}")
-    return {"tasks_created": created, "prompts": len(prompts), "policy": new_name, "compared_with": old_name}
+    compared_with = old_name if old_samples is not None else "existing replies"
+    reporter.log(f"{created} new comparison tasks from {new_name} against {compared_with}")
+    return {"tasks_created": created, "prompts": len(prompts), "policy": new_name, "compared_with": compared_with}
 
 
 def stage_cycle(run: TrainingRun, reporter: RunReporter) -> dict:

@@ -121,6 +121,7 @@ class Rollout:
     values: torch.Tensor
     scores: torch.Tensor
     has_eos: torch.Tensor
+    generation_seconds: float = 0.0
 
 
 class PPOTrainer:
@@ -171,7 +172,9 @@ class PPOTrainer:
         queries = [tokenize_prompt(tokenizer, messages, config.max_prompt_tokens) for messages in prompts]
         query, query_mask = pad_left(queries, tokenizer.pad_token_id)
         self.policy.eval()
+        started = time.perf_counter()
         response, mask, has_eos = sample_responses(self.policy, tokenizer, query, query_mask, self.sampling)
+        generation_seconds = time.perf_counter() - started
         logprobs, _ = forward_response(self.policy, query, query_mask, response, mask, config.temperature)
         ref_logprobs, _ = forward_response(self.ref_policy, query, query_mask, response, mask, config.temperature)
         values = self.value_model(query, query_mask, response, mask)
@@ -179,7 +182,9 @@ class PPOTrainer:
         if config.missing_eos_penalty is not None:
             scores = torch.where(has_eos, scores, torch.full_like(scores, config.missing_eos_penalty))
         maskf = mask.float()
-        return Rollout(prompts, query, query_mask, response, maskf, logprobs * maskf, ref_logprobs * maskf, values * maskf, scores, has_eos)
+        return Rollout(
+            prompts, query, query_mask, response, maskf, logprobs * maskf, ref_logprobs * maskf, values * maskf, scores, has_eos, generation_seconds
+        )
 
     def token_rewards(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-token rewards, per-token KL used in the penalty)."""
@@ -260,7 +265,8 @@ class PPOTrainer:
             "response_length": rollout.mask.sum(1).mean().item(),
             "eos_rate": rollout.has_eos.float().mean().item(),
             "step_seconds": step_seconds,
-            "generated_tokens_per_second": generated_tokens / max(rollout_seconds, 1e-9),
+            "rollout_seconds": rollout_seconds,
+            "generated_tokens_per_second": generated_tokens / max(rollout.generation_seconds, 1e-9),
         }
         metrics = {k: (v if not (isinstance(v, float) and math.isnan(v)) else None) for k, v in metrics.items()}
         self.history.append({"step": self.step_count, **metrics})
