@@ -274,3 +274,21 @@ def test_judgements_are_stored_while_the_broker_is_down(db, models_on_disk, anno
     run = TrainingRun.objects.get(pk=started.json()["id"])
     assert run.status == RunStatus.FAILED and "could not reach the task broker" in run.error
     assert project.tasks.filter(judgement_count=1).count() == 3
+
+
+def test_sft_run_learns_from_clear_winners_and_stays_candidate(db, models_on_disk, annotator):
+    project = Project.objects.create(name="sft", overlap_k=1, gold_rate=0)
+    import_items(project, [{"prompt": f"question {i}", "responses": [f"good answer {i}", f"bad {i}"]} for i in range(6)])
+    for _ in range(6):
+        assignment = assign_next_task(project=project, annotator=annotator)
+        texts = dict(Response.objects.filter(pk__in=assignment.display_order).values_list("pk", "text"))
+        choice = "A" if texts[assignment.display_order[0]].startswith("good") else "B"
+        submit_judgement(annotator=annotator, assignment_id=assignment.pk, judgement=JudgementInput(choice, 3))
+    from training.selectors import demonstrations
+
+    demos = demonstrations(project)
+    assert len(demos) == 6 and all(reply.startswith("good") for _, reply in demos)
+    run = run_now(project, "sft", {"sft": {"epochs": 1, "batch_size": 4}})
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    version = ModelVersion.objects.get(produced_by=run)
+    assert version.kind == "policy" and version.status == "candidate"

@@ -3,26 +3,31 @@ versions for the dashboard."""
 
 from __future__ import annotations
 
+import random
+
 from django.db.models import Count, Prefetch
 
-from labeling.models import Choice, ComparisonTask, Judgement, Prompt, TaskResponse
-from labeling.models import Project
+from labeling.models import Choice, ComparisonTask, Judgement, Project, Prompt, TaskResponse
 from training.ml.data import Judgement as TrainingJudgement
 
 from .models import ModelVersion, TrainingRun
 
 
+def _with_replies(judgements):
+    return judgements.select_related("task__prompt").prefetch_related(
+        Prefetch("task__task_responses", queryset=TaskResponse.objects.select_related("response"))
+    )
+
+
+def _reply_texts(judgement) -> dict[str, str]:
+    return {str(tr.response_id): tr.response.text for tr in judgement.task.task_responses.all()}
+
+
 def training_judgements(project: Project) -> list[TrainingJudgement]:
     """Every judgement of the project (people's and imported labels) in the engine's form."""
-    judgements = (
-        Judgement.objects.filter(task__project=project)
-        .select_related("task__prompt")
-        .prefetch_related(Prefetch("task__task_responses", queryset=TaskResponse.objects.select_related("response")))
-        .order_by("pk")
-    )
     out = []
-    for judgement in judgements.iterator(chunk_size=1000):
-        texts = {str(tr.response_id): tr.response.text for tr in judgement.task.task_responses.all()}
+    for judgement in _with_replies(Judgement.objects.filter(task__project=project).order_by("pk")).iterator(chunk_size=1000):
+        texts = _reply_texts(judgement)
         out.append(
             TrainingJudgement(
                 prompt_id=str(judgement.task.prompt_id),
@@ -38,18 +43,15 @@ def training_judgements(project: Project) -> list[TrainingJudgement]:
 
 def demonstrations(project: Project) -> list[tuple[list[dict], str]]:
     """(conversation, reply) for replies that won a judgement clearly (strength 2 or more)."""
-    out = []
-    for judgement in Judgement.objects.filter(task__project=project, choice__in=[Choice.A, Choice.B], strength__gte=2).select_related("task__prompt"):
-        winner = judgement.ranking[0][0]
-        text = judgement.task.task_responses.select_related("response").get(response_id=winner).response.text
-        out.append((judgement.task.prompt.messages, text))
-    return out
+    clear_wins = Judgement.objects.filter(task__project=project, choice__in=[Choice.A, Choice.B], strength__gte=2).order_by("pk")
+    return [
+        (judgement.task.prompt.messages, _reply_texts(judgement)[str(judgement.ranking[0][0])])
+        for judgement in _with_replies(clear_wins).iterator(chunk_size=1000)
+    ]
 
 
 def prompts_for_generation(project: Project, limit: int, seed: int) -> list[Prompt]:
     """Prompts with the fewest comparison tasks first (ties broken by a seeded order)."""
-    import random
-
     prompts = list(Prompt.objects.filter(project=project).annotate(n_tasks=Count("tasks")).order_by("n_tasks", "pk")[: limit * 3])
     random.Random(seed).shuffle(prompts)
     prompts.sort(key=lambda p: p.n_tasks)
