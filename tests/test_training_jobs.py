@@ -147,12 +147,15 @@ def test_cancel_stops_between_steps_and_promotes_nothing(db, models_on_disk):
     assert run.status == RunStatus.CANCELLED and not ModelVersion.objects.exists()
 
 
-def test_failed_run_keeps_its_error_and_the_next_one_succeeds(db, models_on_disk, settings):
+def test_failed_run_keeps_its_error_and_the_next_one_succeeds(db, models_on_disk, settings, admin_user):
     project = labelled_project()
     settings.REWARD_BACKBONE = str(models_on_disk / "no-such-model")
     failed = run_now(project, "reward")
-    assert failed.status == RunStatus.FAILED and "REWARD_BACKBONE" in failed.error
+    assert failed.status == RunStatus.FAILED and "Traceback" in failed.error and "REWARD_BACKBONE" in failed.error
     assert not ModelVersion.objects.exists()
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    assert "REWARD_BACKBONE" in api.get(f"/api/v1/training-runs/{failed.pk}/").json()["error"]  # what the dashboard shows
     settings.REWARD_BACKBONE = "policy"
     assert run_now(project, "reward").status == RunStatus.SUCCEEDED
 

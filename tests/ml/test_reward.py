@@ -110,3 +110,17 @@ def test_bf16_autocast_training_learns_the_rule_too(tiny_policy_dir):
     metrics = train_reward_model(model, tokenizer, train, val, RewardTrainingConfig(lr=1e-3, epochs=3, batch_size=16, bf16=True))
     assert metrics["val_accuracy"] > 0.9
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay float32
+
+
+def test_gradient_accumulation_matches_one_large_batch(tiny_policy_dir):
+    """batch 8 x 2 accumulation steps makes the same updates as batch 16 in one step."""
+    train, val = examples(96)
+    results = []
+    for batch_size, accumulation in ((16, 1), (8, 2)):
+        torch.manual_seed(0)
+        model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+        config = RewardTrainingConfig(lr=1e-3, batch_size=batch_size, grad_accum=accumulation, group_by_length=False)
+        results.append(train_reward_model(model, tokenizer, train, val, config))
+    one, accumulated = results
+    assert one["steps"] == accumulated["steps"]
+    assert accumulated["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
