@@ -295,3 +295,30 @@ def test_sft_run_learns_from_clear_winners_and_stays_candidate(db, models_on_dis
     assert run.status == RunStatus.SUCCEEDED, run.error
     version = ModelVersion.objects.get(produced_by=run)
     assert version.kind == "policy" and version.status == "candidate"
+
+
+def test_bad_run_config_is_a_400_naming_the_field(db, admin_user):
+    project = Project.objects.create(name="config")
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    for config in ({"learning_rate": 1}, {"ppo": 3}, [1, 2]):
+        response = api.post("/api/v1/training-runs/", {"project": project.pk, "kind": "ppo", "config": config}, format="json")
+        assert response.status_code == 400 and response.json()["field"] == "config", response.content
+    assert not TrainingRun.objects.exists()
+
+
+def test_web_process_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; os.environ['DJANGO_SETTINGS_MODULE'] = 'feedback_site.settings'\n"
+        "import django; django.setup()\n"
+        "from django.test import Client\n"
+        "import feedback_site.urls, training.tasks, training.services, training.api.views\n"
+        "from feedback_site.celery import app; app.finalize()\n"
+        "print('torch' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stdout + result.stderr

@@ -40,6 +40,27 @@ def human_judgement_count(project: Project) -> int:
 # --------------------------------------------------------------------------- runs
 
 
+# Keys a run's config may hold: per-stage overrides of the engine's config dataclasses
+# (checked field by field by the worker) and a few plain options.
+STAGE_CONFIG_KEYS = ("reward", "ppo", "sft", "sampling")
+PLAIN_CONFIG_KEYS = ("prompts", "replies_per_prompt", "val_fraction", "use_margin", "seed", "trigger", "new_judgements")
+
+
+def validate_run_config(config) -> dict:
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise InvalidTrainingRequest("must be a JSON object", field="config")
+    unknown = set(config) - set(STAGE_CONFIG_KEYS) - set(PLAIN_CONFIG_KEYS)
+    if unknown:
+        allowed = ", ".join(STAGE_CONFIG_KEYS + PLAIN_CONFIG_KEYS)
+        raise InvalidTrainingRequest(f"unknown keys {', '.join(sorted(unknown))}; allowed: {allowed}", field="config")
+    for key in STAGE_CONFIG_KEYS:
+        if key in config and not isinstance(config[key], dict):
+            raise InvalidTrainingRequest(f"'{key}' must be an object of {key} settings", field="config")
+    return config
+
+
 def start_run(*, project: Project, kind: str, config: dict | None = None, requested_by=None, enqueue: bool = True) -> TrainingRun:
     """Create a queued run and hand it to a worker on the `training` queue.
 
@@ -48,14 +69,13 @@ def start_run(*, project: Project, kind: str, config: dict | None = None, reques
     """
     if kind not in RunKind.values:
         raise InvalidTrainingRequest(f"must be one of {', '.join(RunKind.values)}", field="kind")
-    if config is not None and not isinstance(config, dict):
-        raise InvalidTrainingRequest("must be a JSON object", field="config")
+    config = validate_run_config(config)
     try:
         with transaction.atomic():
             run = TrainingRun.objects.create(
                 project=project,
                 kind=kind,
-                config=config or {},
+                config=config,
                 requested_by=requested_by if getattr(requested_by, "is_authenticated", False) else None,
                 judgements_at_start=human_judgement_count(project),
             )
