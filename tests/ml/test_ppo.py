@@ -1,6 +1,5 @@
 """PPO on a tiny policy against a fixed reward: the reward rises, KL stays bounded, resume is exact."""
 
-import copy
 
 import pytest
 import torch

@@ -6,7 +6,7 @@ from tqdm import tqdm
 
 from labeling.exceptions import LabelingError
 from labeling.models import Project
-from training.models import ACTIVE_RUN_STATUSES, RunKind, RunStatus, TrainingRun
+from training.models import ACTIVE_RUN_STATUSES, RunKind, RunStatus
 from training.services import start_run
 
 
