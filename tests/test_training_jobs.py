@@ -221,17 +221,32 @@ def test_promote_and_roll_back(db, models_on_disk, admin_user):
     "method, url, body",
     [
         ("get", "/api/v1/training-runs/", None),
-        ("post", "/api/v1/training-runs/", {"project": 0, "kind": "reward"}),
+        ("post", "/api/v1/training-runs/", {"project": "{project}", "kind": "reward"}),
+        ("get", "/api/v1/training-runs/{run}/", None),
+        ("post", "/api/v1/training-runs/{run}/cancel/", None),
         ("get", "/api/v1/model-versions/", None),
+        ("post", "/api/v1/model-versions/{version}/promote/", None),
+        ("post", "/api/v1/projects/{project}/rollback/", {"kind": "reward"}),
         ("get", "/training/", None),
     ],
 )
-def test_training_endpoints_are_for_admins_only(db, annotator, method, url, body):
+def test_training_endpoints_are_for_admins_only(db, annotator, admin_user, method, url, body):
+    """Anonymous: 401 (API) or a login redirect (page); annotators: 403 or redirect; admins: allowed."""
+    project = Project.objects.create(name="perm")
+    run = services.start_run(project=project, kind="sft", enqueue=False)
+    version = services.register_version(project=project, kind="reward", artifact_path="/nowhere", run=run, metrics={})
+    url = url.format(project=project.pk, run=run.pk, version=version.pk)
+    body = {k: (project.pk if v == "{project}" else v) for k, v in body.items()} if body else None
+    before = (TrainingRun.objects.count(), list(ModelVersion.objects.values_list("status", flat=True)))
     anonymous = APIClient()
     assert getattr(anonymous, method)(url, body, format="json").status_code in (401, 302)
     api = APIClient()
-    api.force_authenticate(annotator)
+    api.force_login(annotator)  # the page uses the session; the API either
     assert getattr(api, method)(url, body, format="json").status_code in (403, 302)
+    assert (TrainingRun.objects.count(), list(ModelVersion.objects.values_list("status", flat=True))) == before
+    admin = APIClient()
+    admin.force_login(admin_user)
+    assert getattr(admin, method)(url, body, format="json").status_code in (200, 202, 409)
 
 
 def test_start_run_command_waits_and_prints_metrics(transactional_db, models_on_disk, settings):
