@@ -337,3 +337,36 @@ def test_web_process_does_not_load_torch():
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "False", result.stdout + result.stderr
+
+
+def test_new_judgements_are_counted_from_what_the_active_reward_model_trained_on(db, models_on_disk, annotator):
+    project = Project.objects.create(name="baseline", overlap_k=1, gold_rate=0)
+    import_items(project, [{"prompt": f"q{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(10)])
+    rules = services.training_settings_for(project)
+    rules.retrain_min_new_judgements, rules.reward_config = 3, TINY_REWARD
+    rules.reward_min_accuracy = 0.0  # these judgements follow no rule; this test is about counting
+    rules.save()
+
+    def judge(n):
+        for _ in range(n):
+            assignment = assign_next_task(project=project, annotator=annotator)
+            submit_judgement(annotator=annotator, assignment_id=assignment.pk, judgement=JudgementInput("A", 2))
+
+    judge(6)
+    queued = services.start_run(project=project, kind="reward", enqueue=False)
+    judge(1)  # arrives while the run waits in the queue: the run still trains on it
+    runner.execute(queued.pk)
+    queued.refresh_from_db()
+    assert queued.status == RunStatus.SUCCEEDED, queued.error
+    assert queued.judgements_at_start == 7
+    judge(2)
+    assert services.start_due_cycles() == []  # 2 new since the data the model saw
+    judge(1)
+    assert [run.kind for run in services.start_due_cycles()] == ["cycle"]
+
+
+def test_a_reward_model_no_better_than_chance_is_never_promoted(db, models_on_disk):
+    project = labelled_project()
+    ok, note = services.promotion_decision(kind="reward", metrics={"val_accuracy": 0.45}, project=project)
+    assert not ok and "floor" in note
+    assert services.promotion_decision(kind="reward", metrics={"val_accuracy": 0.8}, project=project)[0]

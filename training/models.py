@@ -105,10 +105,6 @@ class TrainingRun(models.Model):
     def __str__(self) -> str:
         return f"{self.kind} run {self.pk} ({self.status})"
 
-    @property
-    def is_active(self) -> bool:
-        return self.status in ACTIVE_RUN_STATUSES
-
 
 class ProjectTrainingSettings(models.Model):
     """Per project: when to retrain on its own, and how many fresh replies to generate."""
@@ -123,6 +119,9 @@ class ProjectTrainingSettings(models.Model):
     reward_config = models.JSONField(default=dict, blank=True, help_text="RewardTrainingConfig overrides")
     ppo_config = models.JSONField(default=dict, blank=True, help_text="PPOConfig overrides")
     sampling_config = models.JSONField(default=dict, blank=True, help_text="SamplingConfig overrides")
+    reward_min_accuracy = models.FloatField(
+        default=0.5, help_text="never promote a reward model whose validation accuracy is below this (0.5 = chance)"
+    )
     reward_accuracy_margin = models.FloatField(
         default=0.02, help_text="promote a reward model unless its validation accuracy is lower than the active one's by more"
     )

@@ -46,7 +46,8 @@ SERIES_KEYS = {
     "sft": ("loss", "lr"),
 }
 MAX_SERIES = 2000
-WRITE_EVERY_SECONDS = 0.5
+WRITE_EVERY_SECONDS = 0.5  # progress, heartbeat and the cancel flag
+SERIES_EVERY_SECONDS = 2.0  # the metric series (up to MAX_SERIES points) is the larger write
 
 
 class TrainingFailed(Exception):
@@ -62,6 +63,7 @@ class RunReporter:
         self.series: list[dict] = []
         self.log_lines: list[str] = []
         self._last_write = 0.0
+        self._last_series_write = 0.0
         self._last_cancel_check = 0.0
         self._cancelled = False
         self._stop = threading.Event()
@@ -84,7 +86,11 @@ class RunReporter:
         now = time.monotonic()
         if now - self._last_write >= WRITE_EVERY_SECONDS or fraction >= 1.0:
             self._last_write = now
-            TrainingRun.objects.filter(pk=self.run_id).update(progress=fraction, metric_series=self.series, heartbeat_at=timezone.now())
+            fields = {"progress": fraction, "heartbeat_at": timezone.now()}
+            if now - self._last_series_write >= SERIES_EVERY_SECONDS or fraction >= 1.0:
+                self._last_series_write = now
+                fields["metric_series"] = self.series
+            TrainingRun.objects.filter(pk=self.run_id).update(**fields)
             if self.parent is not None:
                 self.parent.set_progress(self.offset + self.weight * fraction)
 
@@ -162,6 +168,8 @@ def _register(run: TrainingRun, kind: str, path: Path, metrics: dict, parent: Mo
 def stage_reward(run: TrainingRun, reporter: RunReporter) -> dict:
     rules = services.training_settings_for(run.project)
     config = _merged(RewardTrainingConfig, rules.reward_config, run.config.get("reward"))
+    # what the periodic check counts "new judgements" from, taken when the data is read
+    TrainingRun.objects.filter(pk=run.pk).update(judgements_at_start=services.human_judgement_count(run.project))
     judgements = selectors.training_judgements(run.project)
     examples = build_examples(judgements, use_margin=bool(run.config.get("use_margin")), include_ties=config.tie_weight > 0)
     train, val = split_by_prompt(examples, float(run.config.get("val_fraction", 0.2)), seed=config.seed)
@@ -196,16 +204,18 @@ def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
     scorer = RewardScorer(*RewardModel.from_pretrained(reward_version.artifact_path))
     trainer = PPOTrainer(policy, reference, value_model, tokenizer, scorer, prompts, config, hooks=reporter.hooks())
     trainer.train()
-    last = trainer.history[-3:]
-    metrics = {
-        key: sum(h[key] for h in last if h.get(key) is not None) / max(1, sum(1 for h in last if h.get(key) is not None))
-        for key in ("reward_mean", "kl", "kl_k3", "entropy", "response_length")
-    }
+    metrics = {key: _mean_of_last(trainer.history, key) for key in ("reward_mean", "kl", "kl_k3", "entropy", "response_length")}
     metrics.update({"steps": trainer.step_count, "start_reward_mean": trainer.history[0]["reward_mean"], "reward_version": reward_version.number})
     path = artifact_dir(run, "policy")
     save_policy(policy, tokenizer, path)
     version = _register(run, VersionKind.POLICY, path, metrics, start_version, reporter)
     return {**metrics, "version": version.number, "promoted": version.status == "active"}
+
+
+def _mean_of_last(history: list[dict], key: str, n: int = 3) -> float | None:
+    """The final value of a noisy per-step metric: the mean over the last n steps."""
+    values = [h[key] for h in history[-n:] if h.get(key) is not None]
+    return sum(values) / len(values) if values else None
 
 
 def stage_sft(run: TrainingRun, reporter: RunReporter) -> dict:
@@ -246,15 +256,14 @@ def stage_generate(run: TrainingRun, reporter: RunReporter) -> dict:
     new_name = f"policy v{new_version.number}" if new_version else "default policy"
     old_name = f"policy v{old_version.number}" if old_version else "default policy"
     params = {k: v for k, v in sampling.__dict__.items() if k != "batch_size"}
+    existing = selectors.first_replies(prompts) if old_samples is None else {}
     created = 0
     for i, prompt in enumerate(prompts):
         replies = [GeneratedReply(s.text, new_name, new_version.pk if new_version else None, {**params, "logprob": s.logprob}) for s in new_samples[i]]
         if old_samples is not None:
             replies.append(GeneratedReply(old_samples[i][0].text, old_name, old_version.pk if old_version else None, params))
-        else:
-            existing = selectors.existing_reply_for(prompt)
-            if existing:
-                replies.append(GeneratedReply(existing, "existing reply"))
+        elif prompt.pk in existing:
+            replies.append(GeneratedReply(existing[prompt.pk], "existing reply"))
         if add_comparison_task(prompt=prompt, replies=replies, priority=10) is not None:
             created += 1
     reporter.on_progress({"step": 2, "fraction": 1.0})
@@ -269,7 +278,7 @@ def stage_cycle(run: TrainingRun, reporter: RunReporter) -> dict:
     plan = [(RunKind.REWARD, 0.3), (RunKind.PPO, 0.6), (RunKind.GENERATE, 0.1)]
     offset = 0.0
     for kind, weight in plan:
-        child = TrainingRun.objects.create(project=run.project, kind=kind, parent=run, config=run.config, requested_by=run.requested_by, judgements_at_start=run.judgements_at_start)
+        child = TrainingRun.objects.create(project=run.project, kind=kind, parent=run, config=run.config, requested_by=run.requested_by)
         child_reporter = RunReporter(child, weight=weight, offset=offset, parent=reporter)
         result = execute(child.pk, reporter=child_reporter, raise_errors=True)
         results[kind] = result
@@ -291,7 +300,7 @@ STAGES = {
 
 def _claim(run_id: int) -> TrainingRun | None:
     with transaction.atomic():
-        run = TrainingRun.objects.select_for_update().select_related("project").filter(pk=run_id).first()
+        run = TrainingRun.objects.select_for_update(of=("self",)).select_related("project").filter(pk=run_id).first()
         if run is None or run.status != RunStatus.QUEUED:
             return None
         now = timezone.now()

@@ -7,10 +7,10 @@ import random
 
 from django.db.models import Count, Prefetch
 
-from labeling.models import Choice, ComparisonTask, Judgement, Project, Prompt, TaskResponse
+from labeling.models import Choice, Judgement, Project, Prompt, TaskResponse
 from training.ml.data import Judgement as TrainingJudgement
 
-from .models import ModelVersion, TrainingRun
+from .models import ModelVersion
 
 
 def _with_replies(judgements):
@@ -62,13 +62,6 @@ def policy_prompts(project: Project, limit: int = 1000) -> list[list[dict]]:
     return list(Prompt.objects.filter(project=project).order_by("pk").values_list("messages", flat=True)[:limit])
 
 
-def runs_for(project: Project | None = None, limit: int = 50):
-    runs = TrainingRun.objects.select_related("project", "requested_by").order_by("-created_at")
-    if project is not None:
-        runs = runs.filter(project=project)
-    return runs[:limit]
-
-
 def versions_for(project: Project | None = None):
     versions = ModelVersion.objects.select_related("project", "produced_by").order_by("project", "kind", "-number")
     if project is not None:
@@ -76,9 +69,14 @@ def versions_for(project: Project | None = None):
     return versions
 
 
-def existing_reply_for(prompt: Prompt) -> str | None:
-    task = ComparisonTask.objects.filter(prompt=prompt).first()
-    if task is None:
-        return None
-    first = task.task_responses.select_related("response").first()
-    return first.response.text if first else None
+def first_replies(prompts: list[Prompt]) -> dict[int, str]:
+    """Per prompt, the first reply of its first comparison task (one query for all prompts)."""
+    first: dict[int, str] = {}
+    rows = (
+        TaskResponse.objects.filter(task__prompt__in=prompts)
+        .order_by("task__prompt_id", "task_id", "position")
+        .values_list("task__prompt_id", "response__text")
+    )
+    for prompt_id, text in rows:
+        first.setdefault(prompt_id, text)
+    return first

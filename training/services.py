@@ -77,7 +77,6 @@ def start_run(*, project: Project, kind: str, config: dict | None = None, reques
                 kind=kind,
                 config=config,
                 requested_by=requested_by if getattr(requested_by, "is_authenticated", False) else None,
-                judgements_at_start=human_judgement_count(project),
             )
     except IntegrityError as exc:
         active = TrainingRun.objects.filter(project=project, kind=kind, status__in=ACTIVE_RUN_STATUSES, parent=None).first()
@@ -147,7 +146,9 @@ def reap_stale_runs(*, now=None, timeout_seconds: int | None = None) -> list[int
 
 def register_version(*, project: Project, kind: str, artifact_path: str, run: TrainingRun | None, metrics: dict, parent=None) -> ModelVersion:
     with transaction.atomic():
-        number = (ModelVersion.objects.select_for_update().filter(project=project, kind=kind).aggregate(n=Max("number"))["n"] or 0) + 1
+        # Django drops FOR UPDATE from an aggregate; lock the project row to number versions one at a time.
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        number = (ModelVersion.objects.filter(project=project, kind=kind).aggregate(n=Max("number"))["n"] or 0) + 1
         return ModelVersion.objects.create(
             project=project, kind=kind, number=number, artifact_path=artifact_path, produced_by=run, metrics=metrics, parent=parent
         )
@@ -194,13 +195,16 @@ def roll_back(*, project: Project, kind: str) -> ModelVersion:
 
 
 def promotion_decision(*, kind: str, metrics: dict, project: Project) -> tuple[bool, str]:
-    """The stated rule: a reward model must not be worse than the active one by more than
-    the margin in validation accuracy; a policy's final KL must stay below the bound."""
+    """The stated rule: a reward model needs validation accuracy of at least the floor (0.5,
+    chance) and not lower than the active one's by more than the margin; a policy's final
+    KL must stay below the bound."""
     rules = training_settings_for(project)
     if kind == "reward":
         accuracy = metrics.get("val_accuracy")
         if accuracy is None:
             return False, "no validation accuracy (too few judgements to hold out a validation set)"
+        if accuracy < rules.reward_min_accuracy:
+            return False, f"validation accuracy {accuracy:.3f} is below the floor {rules.reward_min_accuracy}"
         current = active_version(project, "reward")
         baseline = (current.metrics.get("val_accuracy") if current else None) or 0.0
         if accuracy + rules.reward_accuracy_margin < baseline:

@@ -19,8 +19,8 @@ from training.ml.losses import (
     masked_var,
     masked_whiten,
     tie_loss,
+    warmup_cosine,
 )
-from training.ml.reward import warmup_cosine
 
 t = torch.tensor
 

@@ -22,12 +22,9 @@ class TrainingRunListView(generics.ListAPIView):
 
     def get_queryset(self):
         runs = TrainingRun.objects.select_related("requested_by").prefetch_related("versions").order_by("-created_at")
-        for field in ("project", "kind", "status", "parent"):
-            value = self.request.query_params.get(field)
-            if value == "none" and field == "parent":
-                runs = runs.filter(parent__isnull=True)
-            elif value:
-                runs = runs.filter(**{field: value})
+        for field in ("project", "kind", "status"):
+            if self.request.query_params.get(field):
+                runs = runs.filter(**{field: self.request.query_params[field]})
         return runs
 
     @extend_schema(request=StartRunInput, responses={202: RunOutput})

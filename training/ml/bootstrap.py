@@ -10,7 +10,6 @@ checkpoint folder (any `AutoModelForCausalLM` saved with `save_pretrained`).
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from .checkpoint import write_atomically
 from .hooks import NO_HOOKS, TrainerHooks
+from .sft import SFTConfig, train_sft
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 
@@ -91,10 +91,7 @@ def build_default_policy(
     hooks: TrainerHooks = NO_HOOKS,
 ) -> dict:
     """Tokenizer + random-init GPT-2 + SFT on the demonstrations, saved to out_dir."""
-    from .sft import SFTConfig, train_sft  # sft imports checkpoint; keep bootstrap importable alone
-
     config = config or DefaultModelConfig()
-    random.seed(config.seed)
     tokenizer = train_bpe_tokenizer(corpus, config.vocab_size)
     model = new_policy(tokenizer, config)
     result = train_sft(

@@ -6,8 +6,21 @@ Each function has a test in tests/ml/test_losses.py on numbers worked out by han
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # --------------------------------------------------------------------------- reward model

@@ -26,7 +26,7 @@ from . import distributed
 from .checkpoint import disable_dropout
 from .data import PreferenceExample
 from .hooks import NO_HOOKS, TrainerHooks
-from .losses import bradley_terry_loss, tie_loss
+from .losses import bradley_terry_loss, tie_loss, warmup_cosine
 from .reward_model import RewardBatch, RewardModel
 from .text import tokenize_prompt, tokenize_reply
 
@@ -107,14 +107,6 @@ def example_losses(rewards: torch.Tensor, index_maps, tie_weight: float) -> torc
     return torch.stack(losses)
 
 
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """Learning-rate multiplier: linear warmup, then cosine decay to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def _step_batches(n_examples: int, config: RewardTrainingConfig, epoch: int, lengths: list[int]) -> list[list[int]]:
     """Example indices per optimisation step for one epoch (same on every rank)."""
     order = list(range(n_examples))
@@ -142,11 +134,13 @@ def evaluate(model: RewardModel, examples: list[TokenizedExample], pad_id: int, 
         with autocast(model, config.bf16):
             rewards = model(batch, pad_id).float()
         sums[0] += example_losses(rewards, index_maps, config.tie_weight).sum().item()
-        for pairs, _ in index_maps:
-            for a, b, _ in pairs:
-                sums[1] += float(rewards[a] > rewards[b])
-                sums[2] += 1
-                sums[3] += (rewards[a] - rewards[b]).item()
+        better = [a for pairs, _ in index_maps for a, _, _ in pairs]
+        worse = [b for pairs, _ in index_maps for _, b, _ in pairs]
+        if better:
+            difference = rewards[better] - rewards[worse]
+            sums[1] += (difference > 0).sum().item()
+            sums[2] += len(better)
+            sums[3] += difference.sum().item()
         normalized = model.normalize(rewards)
         sums[4] += normalized.sum().item()
         sums[5] += (normalized**2).sum().item()

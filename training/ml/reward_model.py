@@ -27,6 +27,7 @@ from torch import nn
 from transformers import AutoModel
 
 from .checkpoint import load_tokenizer, match_embeddings, write_atomically
+from .text import tokenize_prompt, tokenize_reply
 
 # Backbones whose attention is causal, so a prompt's KV cache can be shared by its replies.
 DECODER_ONLY_TYPES = {
@@ -170,8 +171,6 @@ class RewardScorer:
     tokenizer. Replies to the same conversation share one prompt pass."""
 
     def __init__(self, model: RewardModel, tokenizer, *, max_prompt_tokens: int = 384, max_reply_tokens: int = 128, batch_size: int = 32):
-        from .text import tokenize_prompt, tokenize_reply
-
         self.model, self.tokenizer = model.eval(), tokenizer
         self._prompt = lambda messages: tokenize_prompt(tokenizer, messages, max_prompt_tokens)
         self._reply = lambda text: tokenize_reply(tokenizer, text, max_reply_tokens)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import distributed
 from .hooks import NO_HOOKS, TrainerHooks
-from .reward import warmup_cosine
+from .losses import warmup_cosine
 from .text import tokenize_prompt, tokenize_reply
 
 IGNORE = -100
@@ -91,6 +91,7 @@ def train_sft(model, tokenizer, demonstrations, config: SFTConfig, *, val_demons
     pad_id = tokenizer.pad_token_id
     train = build_sequences(tokenizer, demonstrations, config)
     val = build_sequences(tokenizer, val_demonstrations or [], config)
+    reply_tokens = [sum(1 for label in labels[1:] if label != IGNORE) for _, labels in train]
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = max(1, int(total * config.warmup_ratio))
@@ -107,7 +108,7 @@ def train_sft(model, tokenizer, demonstrations, config: SFTConfig, *, val_demons
             hooks.check_cancelled()
             step_indices = order[start : start + config.batch_size]
             # the global token count of the step, so every rank divides by the same number
-            n_tokens = sum(sum(1 for label in train[i][1][1:] if label != IGNORE) for i in step_indices)
+            n_tokens = sum(reply_tokens[i] for i in step_indices)
             mine = [train[i] for i in step_indices[rank::world]]
             optimizer.zero_grad(set_to_none=True)
             loss_value = torch.zeros(1, dtype=torch.float64)
