@@ -87,17 +87,17 @@ def test_clipped_policy_loss():
     mask = torch.ones(1, 1)
     # ratio 1.5, A = +1: max(-1.5, -1.2) = -1.2, clipped
     loss, stats = clipped_policy_loss(t([[math.log(1.5)]]), t([[0.0]]), t([[1.0]]), mask, 0.2)
-    assert loss.item() == pytest.approx(-1.2) and stats["clipfrac"] == 1.0
-    assert stats["approx_kl"] == pytest.approx(0.5 * math.log(1.5) ** 2)
+    assert loss.item() == pytest.approx(-1.2) and float(stats["clipfrac"]) == 1.0
+    assert float(stats["approx_kl"]) == pytest.approx(0.5 * math.log(1.5) ** 2)
     # ratio 1.5, A = -1: max(1.5, 1.2) = 1.5, not clipped (pessimistic bound)
     loss, stats = clipped_policy_loss(t([[math.log(1.5)]]), t([[0.0]]), t([[-1.0]]), mask, 0.2)
-    assert loss.item() == pytest.approx(1.5) and stats["clipfrac"] == 0.0
+    assert loss.item() == pytest.approx(1.5) and float(stats["clipfrac"]) == 0.0
 
 
 def test_clipped_value_loss():
     # V_old 0, V 1, R 2, clip .2: V_clipped .2; 0.5 * max((1-2)^2, (.2-2)^2) = 0.5 * 3.24
     loss, stats = clipped_value_loss(t([[1.0]]), t([[0.0]]), t([[2.0]]), torch.ones(1, 1), 0.2)
-    assert loss.item() == pytest.approx(1.62) and stats["value_clipfrac"] == 1.0
+    assert loss.item() == pytest.approx(1.62) and float(stats["value_clipfrac"]) == 1.0
 
 
 def test_explained_variance():

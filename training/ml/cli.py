@@ -9,7 +9,9 @@
 Data files are JSON Lines: `reward` reads the labeling app's raw export; `sft` reads
 {"messages": [...], "reply": "..."}; `ppo` and `generate` read {"messages": [...]} (or
 {"prompt": "..."}). --config takes a JSON object of the trainer's config fields. Rank 0
-writes the model folder and, with --metrics-out, the final metrics as JSON.
+writes the model folder and, with --metrics-out, the final metrics as JSON. --device
+(auto, cpu, cuda, cuda:N) places every model; under torchrun `cuda` is each rank's
+LOCAL_RANK GPU and the process group uses nccl, on CPU gloo.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
+from .device import prepare, resolve_device
 
 
 def _config(cls, text: str | None):
@@ -63,6 +66,7 @@ def cmd_reward(args) -> dict:
     train, val = split_by_prompt(examples, args.val_fraction, seed=config.seed)
     torch.manual_seed(config.seed)
     model, tokenizer = RewardModel.from_backbone(args.backbone)
+    model.to(args.torch_device)
     metrics = train_reward_model(model, tokenizer, train, val, config)
     if distributed.is_main_process() and args.out:
         model.save_pretrained(args.out, tokenizer, extra={"metrics": {k: v for k, v in metrics.items() if k != "config"}})
@@ -78,6 +82,7 @@ def cmd_sft(args) -> dict:
     demos = [(_messages(r), r["reply"]) for r in rows]
     n_val = int(len(demos) * args.val_fraction)
     model, tokenizer = load_policy(args.policy)
+    model.to(args.torch_device)
     metrics = train_sft(model, tokenizer, demos[n_val:], config, val_demonstrations=demos[:n_val])
     if distributed.is_main_process() and args.out:
         save_policy(model, tokenizer, args.out)
@@ -90,16 +95,19 @@ def cmd_ppo(args) -> dict:
     from .reward_model import RewardModel, RewardScorer
 
     config = _config(PPOConfig, args.config)
+    device = args.torch_device
     policy, tokenizer = load_policy(args.policy)
     ref_policy, _ = load_policy(args.policy)
     value_model = ValueModel.from_policy_folder(args.policy)
     reward_model, reward_tokenizer = RewardModel.from_pretrained(args.reward_model)
+    for model in (policy, ref_policy, value_model, reward_model):
+        model.to(device)
     prompts = [_messages(r) for r in _read_jsonl(args.prompts)]
     trainer = PPOTrainer(policy, ref_policy, value_model, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config)
     if args.resume:
-        trainer.load_state_dict(torch.load(args.resume, weights_only=False))
+        trainer.load_state_dict(torch.load(args.resume, weights_only=False, map_location=device))
     metrics = trainer.train(checkpoint_path=args.state, checkpoint_every=args.checkpoint_every)
-    if args.out:
+    if args.out and distributed.is_main_process():
         save_policy(policy, tokenizer, args.out)
     return {**metrics, "history": trainer.history}
 
@@ -111,6 +119,7 @@ def cmd_generate(args) -> dict:
     config = _config(SamplingConfig, args.config)
     config.n = args.n
     policy, tokenizer = load_policy(args.policy)
+    policy.to(args.torch_device)
     prompts = [_messages(r) for r in _read_jsonl(args.prompts)]
     torch.manual_seed(args.seed)
     samples = generate(policy, tokenizer, prompts, config)
@@ -118,7 +127,8 @@ def cmd_generate(args) -> dict:
     if args.reward_model:
         from .reward_model import RewardModel, RewardScorer
 
-        scorer = RewardScorer(*RewardModel.from_pretrained(args.reward_model))
+        reward_model, reward_tokenizer = RewardModel.from_pretrained(args.reward_model)
+        scorer = RewardScorer(reward_model.to(args.torch_device), reward_tokenizer)
         best = best_of_n(prompts, samples, scorer)
     with open(args.out, "w", encoding="utf-8") as f:
         for i, (messages, options) in enumerate(zip(prompts, samples)):
@@ -132,6 +142,7 @@ def cmd_generate(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.ml.cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     sub = parser.add_subparsers(dest="command", required=True)
 
     reward = sub.add_parser("reward", help="train a reward model on a raw judgement export")
@@ -170,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    distributed.init_from_env()
+    try:
+        args.torch_device = prepare(resolve_device(args.device))
+    except (ValueError, RuntimeError) as exc:
+        parser.error(str(exc))
+    distributed.init_from_env(device=args.torch_device)
     try:
         metrics = {"reward": cmd_reward, "sft": cmd_sft, "ppo": cmd_ppo, "generate": cmd_generate}[args.command](args)
         if distributed.is_main_process():

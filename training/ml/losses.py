@@ -112,7 +112,9 @@ def generalized_advantage_estimation(
 def clipped_policy_loss(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
 ) -> tuple[torch.Tensor, dict]:
-    """PPO surrogate: mean of max(-A r, -A clip(r, 1-e, 1+e)), r = exp(logp - logp_old)."""
+    """PPO surrogate: mean of max(-A r, -A clip(r, 1-e, 1+e)), r = exp(logp - logp_old).
+
+    The stats are 0-d tensors (no device sync inside the minibatch loop)."""
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
@@ -120,9 +122,9 @@ def clipped_policy_loss(
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask).item(),
-            "ratio": masked_mean(ratio, mask).item(),
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "ratio": masked_mean(ratio, mask),
         }
     return loss, stats
 
@@ -136,7 +138,7 @@ def clipped_value_loss(
     clipped_loss = (clipped - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
     with torch.no_grad():
-        stats = {"value_clipfrac": masked_mean((clipped_loss > unclipped_loss).float(), mask).item()}
+        stats = {"value_clipfrac": masked_mean((clipped_loss > unclipped_loss).float(), mask)}
     return loss, stats
 
 

@@ -21,6 +21,20 @@ written out here, in the order it happens:
 10. metrics per step: score mean / std, KL (k1 and k3, summed over tokens), entropy,
     clip fraction, approx KL, value loss, explained variance, reply length, EOS rate.
 
+Several processes (torchrun). `rollout_batch_size` and `minibatch_size` are global: the
+prompts of a step are drawn on every rank from the same seeded generator and rank r keeps
+rows r, r + W, r + 2W, ... Each row samples from its own generator, seeded by (seed,
+step, row), so a reply does not depend on how many processes share the batch. Reward
+whitening, advantage whitening, the KL controller's input and every metric use sums
+over all ranks; each minibatch is the same set of global rows as in one process, every
+rank divides its loss by the minibatch's global token count and the gradients are summed
+across ranks before clipping. One process and N processes therefore make the same update
+(tests/ml/test_torchrun.py compares the histories).
+
+Devices. The trainer works on the device of the policy's parameters (the caller moves the
+models); with `bf16` (None: on for GPUs that support it) forward passes run under bf16
+autocast while weights, optimiser state and the loss arithmetic stay float32.
+
 `state_dict()` holds everything to resume: policy, value model, both optimisers, the KL
 controller, the step, and the torch / python RNG states.
 """
@@ -37,21 +51,22 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
+from . import distributed
 from .checkpoint import disable_dropout, load_tokenizer, match_embeddings, save_state_atomically
-from .generation import SamplingConfig, decode_responses, forward_response, pad_left, position_ids, sample_responses
+from .device import autocast, model_device, use_bf16
+from .generation import decode_responses, forward_response, pad_left, position_ids, truncate_after_eos
 from .hooks import NO_HOOKS, TrainerHooks
 from .losses import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
-    explained_variance,
     generalized_advantage_estimation,
     kl_k1,
     kl_k3,
     masked_mean,
-    masked_whiten,
 )
+from .sampling import sample_with_generators
 from .text import tokenize_prompt
 
 RewardFn = Callable[[list[list[dict]], list[str]], torch.Tensor]
@@ -60,8 +75,8 @@ RewardFn = Callable[[list[list[dict]], list[str]], torch.Tensor]
 @dataclass
 class PPOConfig:
     steps: int = 100
-    rollout_batch_size: int = 16
-    minibatch_size: int = 8
+    rollout_batch_size: int = 16  # prompts per step, over all ranks
+    minibatch_size: int = 8  # over all ranks
     ppo_epochs: int = 4
     lr: float = 1e-5
     value_lr: float = 1e-5
@@ -81,6 +96,7 @@ class PPOConfig:
     kl_estimator: str = "k1"  # k1 or k3 in the reward penalty; both are logged
     whiten_rewards: bool = False
     missing_eos_penalty: float | None = -1.0
+    bf16: bool | None = None  # bf16 autocast; None: on for GPUs that support it
     seed: int = 0
 
 
@@ -106,12 +122,15 @@ class ValueModel(nn.Module):
         ids = torch.cat([query, response], 1)
         mask = torch.cat([query_mask, response_mask], 1)
         hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
-        return self.head(hidden[:, query.shape[1] - 1 : -1]).squeeze(-1)
+        return self.head(hidden[:, query.shape[1] - 1 : -1]).squeeze(-1).float()
 
 
 @dataclass
 class Rollout:
+    """This rank's rows of one step's rollout batch (`rows`: their global indices)."""
+
     prompts: list[list[dict]]
+    rows: list[int]
     query: torch.Tensor
     query_mask: torch.Tensor
     response: torch.Tensor
@@ -122,6 +141,26 @@ class Rollout:
     scores: torch.Tensor
     has_eos: torch.Tensor
     generation_seconds: float = 0.0
+
+
+def row_generator(seed: int, step: int, row: int, device: torch.device) -> torch.Generator:
+    """The sampling generator of one rollout row: the same for any number of processes."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(random.Random(f"ppo-sample-{seed}-{step}-{row}").getrandbits(63))
+    return generator
+
+
+def global_masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """losses.masked_whiten with the mean and (unbiased) variance taken over all ranks' rows."""
+    sums = distributed.all_reduce_sum(torch.stack([(x * mask).sum(), mask.sum()]).double())
+    n = sums[1].clamp(min=1)
+    mean = (sums[0] / n).to(x.dtype)
+    squares = distributed.all_reduce_sum(((x - mean) ** 2 * mask).sum().double())
+    var = (squares / n * n / (n - 1).clamp(min=1)).to(x.dtype)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
 
 
 class PPOTrainer:
@@ -142,48 +181,64 @@ class PPOTrainer:
             raise ValueError("kl_estimator must be k1 or k3")
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
+        self.rank, self.world = distributed.rank_and_world()
+        if config.rollout_batch_size < self.world:
+            raise ValueError(f"rollout_batch_size {config.rollout_batch_size} is smaller than the {self.world} processes")
         self.policy, self.ref_policy, self.value_model = policy, ref_policy, value_model
         self.tokenizer, self.reward_fn, self.prompts, self.config, self.hooks = tokenizer, reward_fn, prompts, config, hooks
+        self.device = model_device(policy)
+        self.bf16 = use_bf16(self.device, config.bf16)
         for model in (policy, ref_policy, value_model):
             disable_dropout(model)
         ref_policy.eval()
         for p in ref_policy.parameters():
             p.requires_grad_(False)
+        distributed.broadcast_parameters(policy)
+        distributed.broadcast_parameters(value_model)
         torch.manual_seed(config.seed)
         self.prompt_rng = random.Random(config.seed)
-        self.policy_optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, eps=config.adam_eps)
-        self.value_optimizer = torch.optim.AdamW(value_model.parameters(), lr=config.value_lr, eps=config.adam_eps)
+        self.update_rng = torch.Generator().manual_seed(config.seed)
+        self.policy_optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, eps=config.adam_eps)
+        self.value_optimizer = torch.optim.AdamW([p for p in value_model.parameters() if p.requires_grad], lr=config.value_lr, eps=config.adam_eps)
         self.kl_controller = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         self.step_count = 0
         self.history: list[dict] = []
-        self.sampling = SamplingConfig(
-            temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, max_prompt_tokens=config.max_prompt_tokens
-        )
 
     # ----------------------------------------------------------------------- rollout
 
-    def _prompt_batch(self) -> list[list[dict]]:
-        return [self.prompts[self.prompt_rng.randrange(len(self.prompts))] for _ in range(self.config.rollout_batch_size)]
+    def _prompt_batch(self) -> tuple[list[int], list[list[dict]]]:
+        """This rank's share of the step's global prompt batch: (global rows, prompts)."""
+        batch = [self.prompts[self.prompt_rng.randrange(len(self.prompts))] for _ in range(self.config.rollout_batch_size)]
+        rows = list(range(self.rank, len(batch), self.world))
+        return rows, [batch[i] for i in rows]
 
     @torch.no_grad()
     def rollout(self) -> Rollout:
-        config, tokenizer = self.config, self.tokenizer
-        prompts = self._prompt_batch()
+        config, tokenizer, device = self.config, self.tokenizer, self.device
+        rows, prompts = self._prompt_batch()
         queries = [tokenize_prompt(tokenizer, messages, config.max_prompt_tokens) for messages in prompts]
-        query, query_mask = pad_left(queries, tokenizer.pad_token_id)
+        query, query_mask = (t.to(device) for t in pad_left(queries, tokenizer.pad_token_id))
         self.policy.eval()
+        generators = [row_generator(config.seed, self.step_count, row, device) for row in rows]
         started = time.perf_counter()
-        response, mask, has_eos = sample_responses(self.policy, tokenizer, query, query_mask, self.sampling)
+        with autocast(device, self.bf16):
+            sampled = sample_with_generators(
+                self.policy, query, query_mask, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, generators=generators,
+            )
+        response, mask, has_eos = truncate_after_eos(sampled, tokenizer.eos_token_id, tokenizer.pad_token_id)
         generation_seconds = time.perf_counter() - started
-        logprobs, _ = forward_response(self.policy, query, query_mask, response, mask, config.temperature)
-        ref_logprobs, _ = forward_response(self.ref_policy, query, query_mask, response, mask, config.temperature)
-        values = self.value_model(query, query_mask, response, mask)
-        scores = self.reward_fn(prompts, decode_responses(tokenizer, response, mask)).float()
+        with autocast(device, self.bf16):
+            logprobs, _ = forward_response(self.policy, query, query_mask, response, mask, config.temperature)
+            ref_logprobs, _ = forward_response(self.ref_policy, query, query_mask, response, mask, config.temperature)
+            values = self.value_model(query, query_mask, response, mask)
+        scores = self.reward_fn(prompts, decode_responses(tokenizer, response, mask)).float().to(device)
         if config.missing_eos_penalty is not None:
             scores = torch.where(has_eos, scores, torch.full_like(scores, config.missing_eos_penalty))
         maskf = mask.float()
         return Rollout(
-            prompts, query, query_mask, response, maskf, logprobs * maskf, ref_logprobs * maskf, values * maskf, scores, has_eos, generation_seconds
+            prompts, rows, query, query_mask, response, maskf, logprobs.float() * maskf, ref_logprobs.float() * maskf, values * maskf,
+            scores, has_eos, generation_seconds,
         )
 
     def token_rewards(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,12 +247,22 @@ class PPOTrainer:
         kl = estimator(rollout.logprobs, rollout.ref_logprobs) * rollout.mask
         rewards = -self.kl_controller.value * kl
         last = rollout.mask.sum(1).long() - 1
-        rewards[torch.arange(rewards.shape[0]), last] += rollout.scores
+        rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += rollout.scores
         if self.config.whiten_rewards:
-            rewards = masked_whiten(rewards, rollout.mask, shift_mean=False)
+            rewards = global_masked_whiten(rewards, rollout.mask, shift_mean=False)
         return rewards, kl
 
     # ----------------------------------------------------------------------- update
+
+    def _global_row_tokens(self, rollout: Rollout) -> torch.Tensor:
+        """Response tokens of every global row (each rank fills its own rows, then a sum)."""
+        tokens = torch.zeros(self.config.rollout_batch_size, dtype=torch.float64)
+        tokens[rollout.rows] = rollout.mask.sum(1).double().cpu()
+        return distributed.all_reduce_sum(tokens)
+
+    def _sum(self, *values: torch.Tensor) -> list[float]:
+        """Sums over ranks of scalar tensors, in one collective, as floats."""
+        return distributed.all_reduce_sum(torch.stack([v.detach().double().reshape(()) for v in values]).cpu()).tolist()
 
     def step(self) -> dict:
         config = self.config
@@ -207,78 +272,110 @@ class PPOTrainer:
         rollout_seconds = time.perf_counter() - started
         rewards, kl = self.token_rewards(rollout)
         advantages, returns = generalized_advantage_estimation(rewards, rollout.values, rollout.mask, config.gamma, config.lam)
-        advantages = masked_whiten(advantages, rollout.mask)
+        advantages = global_masked_whiten(advantages, rollout.mask)
+        row_tokens = self._global_row_tokens(rollout)
+        local_index = {row: i for i, row in enumerate(rollout.rows)}
 
         self.policy.train()
         self.value_model.train()
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "value_clipfrac", "entropy")}
+        # per minibatch, global means as tensors (summed over ranks once, after the loop)
+        keys = ("policy_loss", "value_loss", "clipfrac", "approx_kl", "value_clipfrac", "entropy")
+        totals = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
+        n_minibatches = 0
         batch = config.rollout_batch_size
         for _ in range(config.ppo_epochs):
-            order = torch.randperm(batch)
+            order = torch.randperm(batch, generator=self.update_rng).tolist()
             for start in range(0, batch, config.minibatch_size):
-                idx = order[start : start + config.minibatch_size]
-                mask = rollout.mask[idx]
-                new_logprobs, logits = forward_response(
-                    self.policy, rollout.query[idx], rollout.query_mask[idx], rollout.response[idx], rollout.mask[idx].long(), config.temperature
-                )
-                policy_loss, policy_stats = clipped_policy_loss(new_logprobs, rollout.logprobs[idx], advantages[idx], mask, config.clip_range)
+                minibatch = order[start : start + config.minibatch_size]
+                global_tokens = float(row_tokens[minibatch].sum().clamp(min=1))
+                mine = [local_index[row] for row in minibatch if row in local_index]
                 self.policy_optimizer.zero_grad(set_to_none=True)
-                policy_loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), config.max_grad_norm)
-                self.policy_optimizer.step()
-
-                new_values = self.value_model(rollout.query[idx], rollout.query_mask[idx], rollout.response[idx], rollout.mask[idx].long())
-                value_loss, value_stats = clipped_value_loss(new_values, rollout.values[idx], returns[idx], mask, config.clip_range_value)
                 self.value_optimizer.zero_grad(set_to_none=True)
-                value_loss.backward()
+                if mine:
+                    idx = torch.tensor(mine, device=self.device)
+                    mask = rollout.mask[idx]
+                    share = float(mask.sum()) / global_tokens  # this rank's part of the minibatch mean
+                    query, query_mask, response = rollout.query[idx], rollout.query_mask[idx], rollout.response[idx]
+                    with autocast(self.device, self.bf16):
+                        new_logprobs, logits = forward_response(self.policy, query, query_mask, response, mask.long(), config.temperature)
+                    policy_loss, policy_stats = clipped_policy_loss(new_logprobs.float(), rollout.logprobs[idx], advantages[idx], mask, config.clip_range)
+                    (policy_loss * share).backward()
+                    with autocast(self.device, self.bf16):
+                        new_values = self.value_model(query, query_mask, response, mask.long())
+                    value_loss, value_stats = clipped_value_loss(new_values, rollout.values[idx], returns[idx], mask, config.clip_range_value)
+                    (value_loss * share).backward()
+                    with torch.no_grad():
+                        entropy = masked_mean(entropy_from_logits(logits, config.temperature), mask)
+                        totals += share * torch.stack([
+                            policy_loss.detach(), value_loss.detach(), policy_stats["clipfrac"],
+                            policy_stats["approx_kl"], value_stats["value_clipfrac"], entropy,
+                        ]).double().to(self.device)
+                distributed.all_reduce_gradients(self.policy)
+                distributed.all_reduce_gradients(self.value_model)
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), config.max_grad_norm)
                 torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), config.max_grad_norm)
+                self.policy_optimizer.step()
                 self.value_optimizer.step()
+                n_minibatches += 1
+        update = dict(zip(keys, (v / max(n_minibatches, 1) for v in distributed.all_reduce_sum(totals.cpu()).tolist())))
 
-                with torch.no_grad():
-                    stats["entropy"].append(masked_mean(entropy_from_logits(logits, config.temperature), mask).item())
-                stats["policy_loss"].append(policy_loss.item())
-                stats["value_loss"].append(value_loss.item())
-                for key, value in {**policy_stats, **value_stats}.items():
-                    if key in stats:
-                        stats[key].append(value)
-
-        kl_per_reply = kl.sum(1)
-        k3 = (kl_k3(rollout.logprobs, rollout.ref_logprobs) * rollout.mask).sum(1)
-        generated_tokens = int(rollout.mask.sum())
-        self.kl_controller.update(kl_per_reply.mean().item(), batch)
         self.step_count += 1
+        metrics = {**self._rollout_metrics(rollout, kl, returns), **update}
+        self.kl_controller.update(metrics["kl_penalty_per_reply"], batch)
+        metrics.pop("kl_penalty_per_reply")
         step_seconds = time.perf_counter() - started
-        metrics = {
-            "reward_mean": rollout.scores.mean().item(),
-            "reward_std": rollout.scores.std().item() if batch > 1 else 0.0,
-            "kl": (rollout.logprobs - rollout.ref_logprobs).sum(1).mean().item(),
-            "kl_k3": k3.mean().item(),
+        metrics.update({
             "kl_coef": self.kl_controller.value,
-            "non_score_reward": (-self.kl_controller.value * kl_per_reply).mean().item(),
-            "entropy": sum(stats["entropy"]) / len(stats["entropy"]),
-            "clipfrac": sum(stats["clipfrac"]) / len(stats["clipfrac"]),
-            "approx_kl": sum(stats["approx_kl"]) / len(stats["approx_kl"]),
-            "policy_loss": sum(stats["policy_loss"]) / len(stats["policy_loss"]),
-            "value_loss": sum(stats["value_loss"]) / len(stats["value_loss"]),
-            "value_clipfrac": sum(stats["value_clipfrac"]) / len(stats["value_clipfrac"]),
-            "explained_variance": explained_variance(rollout.values, returns, rollout.mask),
-            "response_length": rollout.mask.sum(1).mean().item(),
-            "eos_rate": rollout.has_eos.float().mean().item(),
             "step_seconds": step_seconds,
             "rollout_seconds": rollout_seconds,
-            "generated_tokens_per_second": generated_tokens / max(rollout.generation_seconds, 1e-9),
-        }
+        })
         metrics = {k: (v if not (isinstance(v, float) and math.isnan(v)) else None) for k, v in metrics.items()}
         self.history.append({"step": self.step_count, **metrics})
         self.hooks.report(self.step_count, config.steps, metrics)
         return metrics
 
+    def _rollout_metrics(self, rollout: Rollout, kl: torch.Tensor, returns: torch.Tensor) -> dict:
+        """Per-step statistics of the whole (global) rollout batch, from sums over ranks."""
+        mask = rollout.mask
+        k1 = (rollout.logprobs - rollout.ref_logprobs).sum(1)
+        k3 = (kl_k3(rollout.logprobs, rollout.ref_logprobs) * mask).sum(1)
+        penalty = kl.sum(1)
+        residual = returns - rollout.values
+        (
+            n, score_sum, score_sq, k1_sum, k3_sum, penalty_sum, tokens, eos, gen_seconds,
+            ret_sum, ret_sq, res_sum, res_sq,
+        ) = self._sum(
+            torch.tensor(float(len(rollout.rows))), rollout.scores.sum(), (rollout.scores**2).sum(), k1.sum(), k3.sum(), penalty.sum(),
+            mask.sum(), rollout.has_eos.float().sum(), torch.tensor(rollout.generation_seconds),
+            (returns * mask).sum(), (returns**2 * mask).sum(), (residual * mask).sum(), (residual**2 * mask).sum(),
+        )
+        reward_mean = score_sum / n
+        reward_var = (score_sq - n * reward_mean**2) / (n - 1) if n > 1 else 0.0
+
+        def unbiased_var(total: float, squares: float) -> float:
+            return (squares - total**2 / tokens) / max(tokens - 1, 1)
+
+        var_returns = unbiased_var(ret_sum, ret_sq)
+        return {
+            "reward_mean": reward_mean,
+            "reward_std": math.sqrt(max(reward_var, 0.0)),
+            "kl": k1_sum / n,
+            "kl_k3": k3_sum / n,
+            "kl_penalty_per_reply": penalty_sum / n,
+            "non_score_reward": -self.kl_controller.value * penalty_sum / n,
+            "explained_variance": 1 - unbiased_var(res_sum, res_sq) / var_returns if var_returns > 0 else float("nan"),
+            "response_length": tokens / n,
+            "eos_rate": eos / n,
+            # ranks sample at the same time: tokens of all ranks over the mean rank's sampling time
+            "generated_tokens_per_second": tokens / max(gen_seconds / self.world, 1e-9),
+        }
+
     def train(self, *, checkpoint_path=None, checkpoint_every: int = 0) -> dict:
-        """Run the remaining steps; optionally write a resumable state every N steps."""
+        """Run the remaining steps; optionally write a resumable state every N steps (rank 0)."""
         metrics: dict = {}
         while self.step_count < self.config.steps:
             metrics = self.step()
-            if checkpoint_path and checkpoint_every and self.step_count % checkpoint_every == 0:
+            if checkpoint_path and checkpoint_every and self.step_count % checkpoint_every == 0 and distributed.is_main_process():
                 save_state_atomically(self.state_dict(), checkpoint_path)
         return metrics
 
@@ -294,6 +391,7 @@ class PPOTrainer:
             "step": self.step_count,
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
+            "update_rng": self.update_rng.get_state(),
             "prompt_rng": self.prompt_rng.getstate(),
             "config": asdict(self.config),
         }
@@ -307,4 +405,5 @@ class PPOTrainer:
         self.step_count = state["step"]
         self.history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])
+        self.update_rng.set_state(state["update_rng"])
         self.prompt_rng.setstate(state["prompt_rng"])

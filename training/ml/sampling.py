@@ -1,0 +1,66 @@
+"""Sampling replies token by token with a KV cache, each row from its own random generator.
+
+PPO under torchrun shards a step's rollout rows over processes; for one process and N
+processes to produce the same replies, a row's randomness must not depend on which rank
+holds it or what else is in its batch. `sample_with_generators` therefore draws every
+token of row i from `generators[i]` (torch.multinomial over softmax(logits / temperature),
+after top-p filtering as transformers' TopPLogitsWarper does it), reading only the last
+position's logits at each step. Prompts are left-padded; positions follow the mask, as in
+`generation.forward_response`, so the log-probs recomputed later match what was sampled.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set to -inf every token outside the smallest set whose probability reaches top_p (at least one kept)."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, sorted_index = torch.sort(logits, descending=False, dim=-1)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    remove_sorted = cumulative <= (1 - top_p)
+    remove_sorted[..., -1] = False
+    remove = remove_sorted.scatter(-1, sorted_index, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def next_tokens(logits: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator] | None) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = top_p_filter(logits.float() / temperature, top_p).softmax(-1)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+
+
+@torch.no_grad()
+def sample_with_generators(
+    model, query: torch.Tensor, query_mask: torch.Tensor, *, temperature: float, top_p: float, max_new_tokens: int,
+    eos_token_id: int, pad_token_id: int, generators: list[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """(B, T) sampled reply tokens, T <= max_new_tokens; a row is pad after its first EOS."""
+    batch = query.shape[0]
+    mask = query_mask
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=query, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    next_position = mask.sum(1, keepdim=True)
+    finished = torch.zeros(batch, dtype=torch.bool, device=query.device)
+    tokens = []
+    for _ in range(max_new_tokens):
+        token = next_tokens(out.logits[:, -1], temperature, top_p, generators)
+        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        tokens.append(token)
+        finished = finished | (token == eos_token_id)
+        if bool(finished.all()) or len(tokens) == max_new_tokens:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        out = model(
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_position, past_key_values=out.past_key_values,
+            use_cache=True, logits_to_keep=1,
+        )
+        next_position = next_position + 1
+    if not tokens:
+        return torch.full((batch, 1), eos_token_id, dtype=torch.long, device=query.device)
+    return torch.stack(tokens, 1)
