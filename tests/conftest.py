@@ -39,7 +39,11 @@ def pytest_collection_modifyitems(config, items):
     on_postgres = connection.vendor == "postgresql"
     has_browser = os.path.exists(CHROMIUM) or shutil.which("chromium")
     has_redis = redis_reachable()
+    has_gpu = torch.cuda.is_available()
     for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
+            SERVICE_SKIPS.append(f"{item.nodeid}  [no CUDA GPU]")
         if "redis" in item.keywords and not has_redis:
             item.add_marker(pytest.mark.skip(reason=f"needs Redis at {TEST_REDIS_URL}"))
             SERVICE_SKIPS.append(f"{item.nodeid}  [no Redis]")
@@ -56,7 +60,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         bar = "!" * 78
         terminalreporter.write_line(bar, red=True, bold=True)
         terminalreporter.write_line(
-            f"{len(SERVICE_SKIPS)} TESTS SKIPPED BECAUSE A SERVICE IS MISSING:", red=True, bold=True
+            f"{len(SERVICE_SKIPS)} TESTS SKIPPED BECAUSE A SERVICE OR DEVICE IS MISSING:", red=True, bold=True
         )
         for line in SERVICE_SKIPS:
             terminalreporter.write_line(f"  SKIPPED {line}", red=True)

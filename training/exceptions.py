@@ -21,3 +21,7 @@ class RunNotCancellable(LabelingError):
 class VersionNotPromotable(LabelingError):
     status_code = 409
     code = "not_promotable"
+
+
+class TrainingFailed(Exception):
+    """A run that cannot proceed (no data, no reward model, a failed rank...); the message is shown as is."""

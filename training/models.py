@@ -126,6 +126,17 @@ class ProjectTrainingSettings(models.Model):
         default=0.02, help_text="promote a reward model unless its validation accuracy is lower than the active one's by more"
     )
     ppo_max_kl = models.FloatField(default=10.0, help_text="promote a policy only if its final KL to the reference is below this")
+    reward_min_judgements = models.PositiveIntegerField(
+        default=50, help_text="never promote a reward model trained on fewer judgements than this"
+    )
+    significance_level = models.FloatField(
+        default=0.05,
+        validators=[MinValueValidator(0.0)],
+        help_text="a model is promoted only when a one-sided test of 'it learned nothing' gives p below this",
+    )
+    policy_eval_prompts = models.PositiveIntegerField(
+        default=32, help_text="held-out prompts (never trained on) on which a new policy must beat its reference"
+    )
 
     def __str__(self) -> str:
         return f"training settings of {self.project}"

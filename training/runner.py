@@ -9,6 +9,13 @@ failed (the traceback on the row, or the reaper when the process died) and no ne
 active.
 
 Model folders: ARTIFACT_ROOT/projects/<project id>/<kind>/run-<run id>.
+
+Devices and processes. Every stage runs on the worker's device (TRAINING_DEVICE: auto
+picks CUDA when present); GPU memory is handed back after each stage. With
+TRAINING_PROCESSES > 1 (or a run's "processes") the reward, SFT and PPO stages run as a
+`torchrun --nproc_per_node=N` subprocess of the engine's command line (launcher.py),
+which still reports progress, metrics and heartbeats and honours cancel; evaluation for
+the gates and generation run in the worker itself.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ import time
 import traceback
 from pathlib import Path
 
+import functools
+import hashlib
+import json
+
 import torch
 from django.conf import settings
 from django.db import connection, transaction
@@ -27,15 +38,18 @@ from django.utils import timezone
 
 from labeling.services import GeneratedReply, add_comparison_task
 
-from . import selectors, services
+from . import launcher, selectors, services
+from .exceptions import TrainingFailed
 from .defaults import default_policy_dir, reward_backbone_dir
 from .models import ModelVersion, RunKind, RunStatus, TrainingRun, VersionKind
 from .ml.checkpoint import load_policy, save_policy
 from .ml.data import build_examples, split_by_prompt
+from .ml.device import describe, free_memory, prepare, resolve_device
+from .ml.evaluation import compare_policies
 from .ml.generation import SamplingConfig, generate
 from .ml.hooks import TrainerHooks, TrainingCancelled
-from .ml.ppo import PPOConfig, PPOTrainer, ValueModel
-from .ml.reward import RewardTrainingConfig, train_reward_model
+from .ml.ppo import PPOConfig, PPOTrainer, ValueModel, ppo_defaults_for
+from .ml.reward import RewardTrainingConfig, evaluate, tokenize_examples, train_reward_model
 from .ml.reward_model import RewardModel, RewardScorer
 from .ml.sft import SFTConfig, train_sft
 
@@ -48,10 +62,6 @@ SERIES_KEYS = {
 MAX_SERIES = 2000
 WRITE_EVERY_SECONDS = 0.5  # progress, heartbeat and the cancel flag
 SERIES_EVERY_SECONDS = 2.0  # the metric series (up to MAX_SERIES points) is the larger write
-
-
-class TrainingFailed(Exception):
-    """A run that cannot proceed (no data, no reward model...); the message is shown as is."""
 
 
 class RunReporter:
@@ -128,6 +138,18 @@ def artifact_dir(run: TrainingRun, kind: str) -> Path:
     return Path(settings.ARTIFACT_ROOT) / "projects" / str(run.project_id) / kind / f"run-{run.pk}"
 
 
+@functools.lru_cache(maxsize=1)
+def worker_device() -> torch.device:
+    """The device of this worker (TRAINING_DEVICE), resolved once per process."""
+    device = prepare(resolve_device(settings.TRAINING_DEVICE))
+    log.info("training device: %s", describe(device))
+    return device
+
+
+def processes_for(run: TrainingRun) -> int:
+    return int(run.config.get("processes") or settings.TRAINING_PROCESSES)
+
+
 def _merged(cls, *overrides: dict):
     values: dict = {}
     for override in overrides:
@@ -171,45 +193,129 @@ def stage_reward(run: TrainingRun, reporter: RunReporter) -> dict:
     # what the periodic check counts "new judgements" from, taken when the data is read
     TrainingRun.objects.filter(pk=run.pk).update(judgements_at_start=services.human_judgement_count(run.project))
     judgements = selectors.training_judgements(run.project)
-    examples = build_examples(judgements, use_margin=bool(run.config.get("use_margin")), include_ties=config.tie_weight > 0)
-    train, val = split_by_prompt(examples, float(run.config.get("val_fraction", 0.2)), seed=config.seed)
+    use_margin, val_fraction = bool(run.config.get("use_margin")), float(run.config.get("val_fraction", 0.2))
+    examples = build_examples(judgements, use_margin=use_margin, include_ties=config.tie_weight > 0)
+    train, val = split_by_prompt(examples, val_fraction, seed=config.seed)
     if len(train) < 2:
         raise TrainingFailed(f"only {len(examples)} usable judgements: need a few with a winner to train a reward model")
-    reporter.log(f"reward model: {len(train)} training and {len(val)} validation judgements")
-    torch.manual_seed(config.seed)
-    model, tokenizer = RewardModel.from_backbone(reward_backbone_dir())
-    metrics = train_reward_model(model, tokenizer, train, val, config, hooks=reporter.hooks())
-    metrics.pop("config", None)
+    device, processes = worker_device(), processes_for(run)
+    reporter.log(f"reward model: {len(train)} training and {len(val)} validation judgements on {describe(device)}, {processes} process(es)")
     path = artifact_dir(run, "reward")
-    model.save_pretrained(path, tokenizer, extra={"metrics": metrics})
-    version = _register(run, VersionKind.REWARD, path, metrics, services.active_version(run.project, VersionKind.REWARD), reporter)
-    return {**metrics, "version": version.number, "promoted": version.status == "active"}
+    if processes > 1:
+        metrics = launcher.run_engine(
+            run, reporter, "reward", processes, device,
+            inputs={"data": launcher.raw_export_lines(judgements)},
+            args=["--backbone", str(reward_backbone_dir()), "--val-fraction", str(val_fraction), "--out", str(path)]
+            + (["--use-margin"] if use_margin else []),
+            config=config,
+        )
+    else:
+        torch.manual_seed(config.seed)
+        model, tokenizer = RewardModel.from_backbone(reward_backbone_dir())
+        model.to(device)
+        metrics = train_reward_model(model, tokenizer, train, val, config, hooks=reporter.hooks())
+        metrics.pop("config", None)
+        model.save_pretrained(path, tokenizer, extra={"metrics": metrics})
+        del model
+    metrics.pop("config", None)
+    metrics["train_judgements"] = len(train)
+    current = services.active_version(run.project, VersionKind.REWARD)
+    if current is not None and val:
+        metrics["active_val_accuracy"] = _accuracy_on(current, val, config, device, reporter)
+    version = _register(run, VersionKind.REWARD, path, metrics, current, reporter)
+    return {**metrics, "version": version.number, "promoted": version.status == "active", "promotion_note": version.promotion_note}
+
+
+def _accuracy_on(version: ModelVersion, examples, config: RewardTrainingConfig, device, reporter: RunReporter) -> float | None:
+    """The pair accuracy of an existing reward model on these examples (the new model's validation pairs)."""
+    try:
+        model, tokenizer = RewardModel.from_pretrained(version.artifact_path)
+    except (OSError, ValueError, KeyError) as exc:
+        reporter.log(f"could not load the active reward model v{version.number} to compare with: {exc}")
+        return None
+    model.to(device)
+    accuracy = evaluate(model, tokenize_examples(examples, tokenizer, config), tokenizer.pad_token_id, config)["val_accuracy"]
+    reporter.log(f"the active reward model v{version.number} ranks {accuracy:.1%} of these validation pairs right")
+    return accuracy
+
+
+def split_eval_prompts(prompts: list[list[dict]], wanted: int) -> tuple[list[list[dict]], list[list[dict]]]:
+    """(training prompts, held-out evaluation prompts): a stable choice by content hash, at
+    most a quarter of the prompts held out, so PPO keeps most of them."""
+    n_eval = min(wanted, len(prompts) // 4)
+    keyed = sorted(prompts, key=lambda messages: hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest())
+    held_out = keyed[:n_eval]
+    held_keys = {json.dumps(m, sort_keys=True) for m in held_out}
+    return [m for m in prompts if json.dumps(m, sort_keys=True) not in held_keys], held_out
 
 
 def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
     rules = services.training_settings_for(run.project)
-    config = _merged(PPOConfig, rules.ppo_config, run.config.get("ppo"))
+    device, processes = worker_device(), processes_for(run)
+    config = _merged(PPOConfig, ppo_defaults_for(device), rules.ppo_config, run.config.get("ppo"))
     reward_version = services.active_version(run.project, VersionKind.REWARD)
     if reward_version is None:
         raise TrainingFailed("no active reward model: train one first")
     start_path, start_version = _starting_policy(run.project)
-    prompts = selectors.policy_prompts(run.project)
-    if not prompts:
+    train_prompts, eval_prompts = split_eval_prompts(selectors.policy_prompts(run.project), rules.policy_eval_prompts)
+    if not train_prompts:
         raise TrainingFailed("the project has no prompts")
-    reporter.log(f"PPO from {start_version or 'the default policy'} against reward v{reward_version.number}, {len(prompts)} prompts")
-    torch.manual_seed(config.seed)
-    policy, tokenizer = load_policy(start_path)
-    reference, _ = load_policy(start_path)  # the run's starting policy, frozen
-    value_model = ValueModel.from_policy_folder(start_path)
-    scorer = RewardScorer(*RewardModel.from_pretrained(reward_version.artifact_path))
-    trainer = PPOTrainer(policy, reference, value_model, tokenizer, scorer, prompts, config, hooks=reporter.hooks())
-    trainer.train()
-    metrics = {key: _mean_of_last(trainer.history, key) for key in ("reward_mean", "kl", "kl_k3", "entropy", "response_length")}
-    metrics.update({"steps": trainer.step_count, "start_reward_mean": trainer.history[0]["reward_mean"], "reward_version": reward_version.number})
+    reporter.log(
+        f"PPO from {start_version or 'the default policy'} against reward v{reward_version.number} on {describe(device)}, "
+        f"{processes} process(es): {len(train_prompts)} training prompts, {len(eval_prompts)} held out, {config.steps} steps"
+    )
     path = artifact_dir(run, "policy")
-    save_policy(policy, tokenizer, path)
+    if processes > 1:
+        result = launcher.run_engine(
+            run, reporter, "ppo", processes, device,
+            inputs={"prompts": [json.dumps({"messages": m}) for m in train_prompts]},
+            args=["--policy", str(start_path), "--reward-model", reward_version.artifact_path, "--out", str(path)],
+            config=config,
+        )
+        history = result["history"]
+        policy, tokenizer = load_policy(path)
+        policy.to(device)
+    else:
+        torch.manual_seed(config.seed)
+        policy, tokenizer = load_policy(start_path)
+        reference, _ = load_policy(start_path)  # the run's starting policy, frozen
+        value_model = ValueModel.from_policy_folder(start_path)
+        for model in (policy, reference, value_model):
+            model.to(device)
+        scorer = RewardScorer(*_on(device, RewardModel.from_pretrained(reward_version.artifact_path)))
+        trainer = PPOTrainer(policy, reference, value_model, tokenizer, scorer, train_prompts, config, hooks=reporter.hooks())
+        trainer.train()
+        history = trainer.history
+        save_policy(policy, tokenizer, path)
+        del trainer, value_model, reference, scorer
+        free_memory()
+    metrics = {key: _mean_of_last(history, key) for key in ("reward_mean", "kl", "kl_k3", "entropy", "response_length")}
+    metrics.update({"steps": len(history), "start_reward_mean": history[0]["reward_mean"], "reward_version": reward_version.number})
+    metrics.update(_head_to_head(policy, tokenizer, start_path, reward_version, eval_prompts, config, device, reporter))
     version = _register(run, VersionKind.POLICY, path, metrics, start_version, reporter)
-    return {**metrics, "version": version.number, "promoted": version.status == "active"}
+    return {**metrics, "version": version.number, "promoted": version.status == "active", "promotion_note": version.promotion_note}
+
+
+def _on(device, loaded: tuple):
+    model, tokenizer = loaded
+    return model.to(device), tokenizer
+
+
+def _head_to_head(policy, tokenizer, reference_path: Path, reward_version: ModelVersion, prompts, config: PPOConfig, device, reporter) -> dict:
+    """The new policy against its reference on held-out prompts, judged by the reward model."""
+    if not prompts:
+        return {}
+    reporter.log(f"comparing the new policy with its reference on {len(prompts)} held-out prompts")
+    reference, _ = load_policy(reference_path)
+    reference.to(device)
+    scorer = RewardScorer(*_on(device, RewardModel.from_pretrained(reward_version.artifact_path)))
+    sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, max_prompt_tokens=config.max_prompt_tokens)
+    result = compare_policies(policy, reference, tokenizer, scorer, prompts, sampling, seed=config.seed)
+    reporter.log(
+        f"held-out: new policy preferred {result['wins']} times, reference {result['losses']} times "
+        f"(mean reward {result['reward_candidate']:+.3f} vs {result['reward_reference']:+.3f}, sign test p = {result['p_value']:.3g})"
+    )
+    return {f"eval_{k}" if k in ("wins", "losses", "ties", "p_value") else k: v for k, v in result.items()}
 
 
 def _mean_of_last(history: list[dict], key: str, n: int = 3) -> float | None:
@@ -224,11 +330,20 @@ def stage_sft(run: TrainingRun, reporter: RunReporter) -> dict:
     if not demos:
         raise TrainingFailed("no clear winners among the judgements to learn from")
     start_path, start_version = _starting_policy(run.project)
-    policy, tokenizer = load_policy(start_path)
-    metrics = train_sft(policy, tokenizer, demos, config, hooks=reporter.hooks())
-    metrics.pop("config", None)
+    device, processes = worker_device(), processes_for(run)
     path = artifact_dir(run, "policy")
-    save_policy(policy, tokenizer, path)
+    if processes > 1:
+        rows = [json.dumps({"messages": messages, "reply": reply}) for messages, reply in demos]
+        metrics = launcher.run_engine(
+            run, reporter, "sft", processes, device, inputs={"data": rows},
+            args=["--policy", str(start_path), "--val-fraction", "0", "--out", str(path)], config=config,
+        )
+    else:
+        policy, tokenizer = load_policy(start_path)
+        policy.to(device)
+        metrics = train_sft(policy, tokenizer, demos, config, hooks=reporter.hooks())
+        save_policy(policy, tokenizer, path)
+    metrics.pop("config", None)
     version = _register(run, VersionKind.POLICY, path, metrics, start_version, reporter, auto_promote=False)
     return {**metrics, "version": version.number, "promoted": False}
 
@@ -245,12 +360,14 @@ def stage_generate(run: TrainingRun, reporter: RunReporter) -> dict:
     messages = [p.messages for p in prompts]
     torch.manual_seed(int(run.config.get("seed", run.pk)))
     policy, tokenizer = load_policy(new_path)
+    policy.to(worker_device())
     sampling.n = max(1, int(run.config.get("replies_per_prompt", rules.generate_replies_per_prompt)))
     new_samples = generate(policy, tokenizer, messages, sampling)
     reporter.on_progress({"step": 1, "fraction": 0.5})
     old_samples = None
     if old_path is not None:
         old_policy, old_tokenizer = load_policy(old_path)
+        old_policy.to(worker_device())
         old_sampling = SamplingConfig(**{**sampling.__dict__, "n": 1})
         old_samples = generate(old_policy, old_tokenizer, messages, old_sampling)
     new_name = f"policy v{new_version.number}" if new_version else "default policy"
@@ -273,18 +390,32 @@ def stage_generate(run: TrainingRun, reporter: RunReporter) -> dict:
 
 
 def stage_cycle(run: TrainingRun, reporter: RunReporter) -> dict:
-    """Reward model, then PPO, then generation; each stage is a child run with its own row."""
+    """Reward model, then PPO, then generation; each stage is a child run with its own row.
+
+    The reward model is retrained only when human judgements arrived since the active one;
+    the cycle stops at the first stage that promotes nothing (no PPO against a reward model
+    that learned nothing, no new replies from a policy that did not improve).
+    """
     results = {}
     plan = [(RunKind.REWARD, 0.3), (RunKind.PPO, 0.6), (RunKind.GENERATE, 0.1)]
     offset = 0.0
+    new_judgements = services.new_judgements_since_active_reward(run.project)
     for kind, weight in plan:
+        if kind == RunKind.REWARD and new_judgements == 0:
+            reporter.log("no new human judgements since the active reward model: it is kept, not retrained")
+            results[kind] = {"skipped": "no new human judgements since the active reward model"}
+            offset += weight
+            continue
         child = TrainingRun.objects.create(project=run.project, kind=kind, parent=run, config=run.config, requested_by=run.requested_by)
         child_reporter = RunReporter(child, weight=weight, offset=offset, parent=reporter)
         result = execute(child.pk, reporter=child_reporter, raise_errors=True)
         results[kind] = result
         offset += weight
+        if kind == RunKind.REWARD and not result.get("promoted"):
+            reporter.log(f"the new reward model was not promoted ({result.get('promotion_note')}): the cycle stops before PPO")
+            break
         if kind == RunKind.PPO and not result.get("promoted"):
-            reporter.log("the new policy was not promoted: no new replies generated")
+            reporter.log(f"the new policy was not promoted ({result.get('promotion_note')}): no new replies generated")
             break
     return results
 
@@ -338,6 +469,7 @@ def execute(run_id: int, *, reporter: RunReporter | None = None, raise_errors: b
             raise
         return {}
     finally:
+        free_memory()
         if top_level:
             reporter.stop_heartbeat()
     _finish(run_id, RunStatus.SUCCEEDED, metrics=_jsonable(result), progress=1.0, metric_series=reporter.series)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import random
 
 from django.db.models import Count, Prefetch
+from django.utils import timezone
 
 from labeling.models import Choice, Judgement, Project, Prompt, TaskResponse
 from training.ml.data import Judgement as TrainingJudgement
 
-from .models import ModelVersion
+from .models import ModelVersion, RunStatus, TrainingRun
 
 
 def _with_replies(judgements):
@@ -80,3 +81,11 @@ def first_replies(prompts: list[Prompt]) -> dict[int, str]:
     for prompt_id, text in rows:
         first.setdefault(prompt_id, text)
     return first
+
+
+def eta_seconds(run: TrainingRun, now=None) -> float | None:
+    """Seconds left for a running run, extrapolated from its progress so far (None until 1% is done)."""
+    if run.status != RunStatus.RUNNING or run.started_at is None or run.progress < 0.01:
+        return None
+    elapsed = ((now or timezone.now()) - run.started_at).total_seconds()
+    return max(0.0, elapsed * (1 - run.progress) / run.progress)

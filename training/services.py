@@ -15,6 +15,7 @@ from django.utils import timezone
 from labeling.models import Judgement, JudgementSource, Project
 
 from .exceptions import InvalidTrainingRequest, RunAlreadyActive, RunNotCancellable, VersionNotPromotable
+from .ml.significance import binomial_p_value
 from .models import (
     ACTIVE_RUN_STATUSES,
     ModelVersion,
@@ -43,7 +44,7 @@ def human_judgement_count(project: Project) -> int:
 # Keys a run's config may hold: per-stage overrides of the engine's config dataclasses
 # (checked field by field by the worker) and a few plain options.
 STAGE_CONFIG_KEYS = ("reward", "ppo", "sft", "sampling")
-PLAIN_CONFIG_KEYS = ("prompts", "replies_per_prompt", "val_fraction", "use_margin", "seed", "trigger", "new_judgements")
+PLAIN_CONFIG_KEYS = ("prompts", "replies_per_prompt", "val_fraction", "use_margin", "seed", "trigger", "new_judgements", "processes")
 
 
 def validate_run_config(config) -> dict:
@@ -58,6 +59,9 @@ def validate_run_config(config) -> dict:
     for key in STAGE_CONFIG_KEYS:
         if key in config and not isinstance(config[key], dict):
             raise InvalidTrainingRequest(f"'{key}' must be an object of {key} settings", field="config")
+    processes = config.get("processes")
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= 64):
+        raise InvalidTrainingRequest("'processes' must be a whole number from 1 to 64 (torchrun processes per stage)", field="config")
     return config
 
 
@@ -195,27 +199,68 @@ def roll_back(*, project: Project, kind: str) -> ModelVersion:
 
 
 def promotion_decision(*, kind: str, metrics: dict, project: Project) -> tuple[bool, str]:
-    """The stated rule: a reward model needs validation accuracy of at least the floor (0.5,
-    chance) and not lower than the active one's by more than the margin; a policy's final
-    KL must stay below the bound."""
+    """The stated rule, answered in words.
+
+    A reward model is promoted when all hold: it was trained on at least
+    `reward_min_judgements` judgements; it ranks its held-out validation pairs better than a
+    coin (one-sided binomial test, p < `significance_level`) and at least as well as the
+    floor `reward_min_accuracy`; and on those same pairs it is not behind the active reward
+    model by more than `reward_accuracy_margin`.
+
+    A policy is promoted when it beats its reference on held-out prompts under the reward
+    model (sign test, p < `significance_level`, and a positive mean reward gain) and its
+    final KL to the reference is at most `ppo_max_kl`.
+    """
     rules = training_settings_for(project)
+    alpha = rules.significance_level
     if kind == "reward":
-        accuracy = metrics.get("val_accuracy")
-        if accuracy is None:
-            return False, "no validation accuracy (too few judgements to hold out a validation set)"
+        trained_on = metrics.get("train_judgements", metrics.get("train_examples", 0)) or 0
+        if trained_on < rules.reward_min_judgements:
+            return False, f"trained on only {trained_on} judgements; at least {rules.reward_min_judgements} are needed before a reward model can be trusted"
+        accuracy, pairs = metrics.get("val_accuracy"), metrics.get("val_pairs") or 0
+        if accuracy is None or not pairs:
+            return False, "no held-out validation pairs to test it on (too few judgements to hold some out)"
+        correct = round(accuracy * pairs)
+        p_value = binomial_p_value(correct, pairs)
+        if p_value >= alpha:
+            return False, (
+                f"it ranked {correct} of {pairs} held-out pairs correctly ({accuracy:.1%}); a coin does that often "
+                f"(binomial p = {p_value:.3g}, needs < {alpha}), so it has not shown that it learned anything"
+            )
         if accuracy < rules.reward_min_accuracy:
-            return False, f"validation accuracy {accuracy:.3f} is below the floor {rules.reward_min_accuracy}"
-        current = active_version(project, "reward")
-        baseline = (current.metrics.get("val_accuracy") if current else None) or 0.0
-        if accuracy + rules.reward_accuracy_margin < baseline:
-            return False, f"validation accuracy {accuracy:.3f} is below the active model's {baseline:.3f} minus {rules.reward_accuracy_margin}"
-        return True, f"validation accuracy {accuracy:.3f} (active: {baseline:.3f})"
+            return False, f"validation accuracy {accuracy:.1%} is below the floor {rules.reward_min_accuracy:.1%}"
+        active_accuracy = metrics.get("active_val_accuracy")
+        if active_accuracy is not None and accuracy + rules.reward_accuracy_margin < active_accuracy:
+            return False, (
+                f"on the same {pairs} held-out pairs it is right {accuracy:.1%} of the time and the active reward model "
+                f"{active_accuracy:.1%}: more than {rules.reward_accuracy_margin:.0%} behind"
+            )
+        against = f"; the active model scores {active_accuracy:.1%} on the same pairs" if active_accuracy is not None else ""
+        return True, f"{correct} of {pairs} held-out pairs right ({accuracy:.1%}, binomial p = {p_value:.2g}){against}"
     if kind == "policy":
         kl = metrics.get("kl")
         if kl is None or kl > rules.ppo_max_kl:
-            return False, f"final KL {kl} is above the bound {rules.ppo_max_kl}"
-        return True, f"final KL {kl:.3f} within {rules.ppo_max_kl}"
+            return False, f"its final KL to the reference, {kl if kl is None else round(kl, 3)}, is above the bound {rules.ppo_max_kl}"
+        wins, losses, n = metrics.get("eval_wins"), metrics.get("eval_losses"), metrics.get("eval_prompts")
+        if wins is None or not n:
+            return False, "it was not compared with its reference on held-out prompts"
+        p_value, gain = metrics.get("eval_p_value", 1.0), metrics.get("reward_gain") or 0.0
+        head_to_head = f"on {n} held-out prompts the reward model preferred it {wins} times and its reference {losses} times"
+        if gain <= 0:
+            return False, f"{head_to_head}; its mean reward is not higher ({gain:+.3f}), so it did not improve"
+        if p_value >= alpha:
+            return False, f"{head_to_head} (mean reward {gain:+.3f}); that could be chance (sign test p = {p_value:.3g}, needs < {alpha})"
+        return True, f"{head_to_head} (mean reward {gain:+.3f}, sign test p = {p_value:.2g}); final KL {kl:.3f} within {rules.ppo_max_kl}"
     return True, "no evaluation rule for this kind"
+
+
+def new_judgements_since_active_reward(project: Project) -> int | None:
+    """Human judgements that arrived after the data of the active reward model was read (None: no active model)."""
+    current = active_version(project, "reward")
+    if current is None:
+        return None
+    baseline = current.produced_by.judgements_at_start if current.produced_by else 0
+    return human_judgement_count(project) - baseline
 
 
 # --------------------------------------------------------------------------- schedule
@@ -233,9 +278,8 @@ def start_due_cycles() -> list[TrainingRun]:
             continue
         if TrainingRun.objects.filter(project=project, status__in=ACTIVE_RUN_STATUSES, parent=None).exists():
             continue
-        current = active_version(project, "reward")
-        baseline = current.produced_by.judgements_at_start if current and current.produced_by else 0
-        new = human_judgement_count(project) - baseline
+        since = new_judgements_since_active_reward(project)
+        new = human_judgement_count(project) if since is None else since
         if new < rules.retrain_min_new_judgements:
             continue
         try:

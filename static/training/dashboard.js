@@ -30,7 +30,7 @@
     return Number.isInteger(value) || Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(3);
   }
   function summary(metrics) {
-    const keys = ["val_accuracy", "reward_mean", "kl", "tasks_created", "train_loss", "version", "promoted"];
+    const keys = ["val_accuracy", "reward_mean", "kl", "reward_gain", "eval_wins", "eval_losses", "eval_p_value", "tasks_created", "train_loss", "version", "promoted"];
     return keys.filter(function (k) { return metrics && metrics[k] !== undefined; }).map(function (k) { return k + " " + fmt(metrics[k]); }).join(", ");
   }
   function button(label, onClick, cls) {
@@ -74,6 +74,13 @@
     });
   }
 
+  function duration(seconds) {
+    const s = Math.round(seconds);
+    if (s < 90) return s + " s";
+    if (s < 5400) return Math.round(s / 60) + " min";
+    return (s / 3600).toFixed(1) + " h";
+  }
+
   function renderRuns(runs) {
     const body = document.querySelector("#runs tbody");
     body.textContent = "";
@@ -88,6 +95,11 @@
       bar.max = 100; bar.value = Math.round(run.progress * 100); bar.className = "run-progress";
       progress.appendChild(bar);
       progress.appendChild(document.createTextNode(" " + Math.round(run.progress * 100) + "%"));
+      if (run.eta_seconds !== null && run.eta_seconds !== undefined) {
+        const eta = document.createElement("span");
+        eta.className = "run-eta"; eta.textContent = " · about " + duration(run.eta_seconds) + " left";
+        progress.appendChild(eta);
+      }
       tr.appendChild(progress);
       tr.appendChild(cell(summary(run.metrics)));
       const actions = document.createElement("td");

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from ..models import ModelVersion, RunKind, TrainingRun, VersionKind
+from ..selectors import eta_seconds
 
 
 class StartRunInput(serializers.Serializer):
@@ -12,14 +13,18 @@ class StartRunInput(serializers.Serializer):
 class RunOutput(serializers.ModelSerializer):
     requested_by = serializers.CharField(source="requested_by.username", default=None)
     versions = serializers.SerializerMethodField()
+    eta_seconds = serializers.SerializerMethodField(help_text="seconds left, extrapolated from progress (running runs only)")
 
     class Meta:
         model = TrainingRun
         fields = [
-            "id", "project", "kind", "status", "parent", "config", "progress", "metrics", "metric_series", "log_tail",
+            "id", "project", "kind", "status", "parent", "config", "progress", "eta_seconds", "metrics", "metric_series", "log_tail",
             "error", "cancel_requested", "celery_task_id", "heartbeat_at", "requested_by", "created_at", "started_at",
             "finished_at", "versions",
         ]
+
+    def get_eta_seconds(self, run) -> float | None:
+        return eta_seconds(run)
 
     def get_versions(self, run) -> list[int]:
         return [v.pk for v in run.versions.all()]

@@ -23,9 +23,13 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import distributed
 from .device import prepare, resolve_device
+from .hooks import NO_HOOKS, TrainerHooks, TrainingCancelled
+
+CANCELLED_EXIT_CODE = 3
 
 
 def _config(cls, text: str | None):
@@ -44,6 +48,25 @@ def _read_jsonl(path: str) -> list[dict]:
 
 def _messages(row: dict) -> list[dict]:
     return row["messages"] if "messages" in row else [{"role": "user", "content": row["prompt"]}]
+
+
+def file_hooks(progress_file: str | None, stop_file: str | None) -> TrainerHooks:
+    """Hooks for a worker watching from outside: rank 0 appends each step's metrics to
+    `progress_file` (one JSON line); a `stop_file` seen by rank 0 stops every rank at the
+    same step (the ranks agree through an all-reduce)."""
+    if not progress_file and not stop_file:
+        return NO_HOOKS
+
+    def on_progress(metrics: dict) -> None:
+        if progress_file and distributed.is_main_process():
+            with open(progress_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(metrics, default=float) + "\n")
+
+    def should_stop() -> bool:
+        seen = float(bool(stop_file) and distributed.is_main_process() and Path(stop_file).exists())
+        return distributed.all_reduce_sum(torch.tensor([seen])).item() > 0
+
+    return TrainerHooks(on_progress=on_progress, should_stop=should_stop)
 
 
 def _write_metrics(path: str | None, metrics: dict) -> None:
@@ -67,7 +90,7 @@ def cmd_reward(args) -> dict:
     torch.manual_seed(config.seed)
     model, tokenizer = RewardModel.from_backbone(args.backbone)
     model.to(args.torch_device)
-    metrics = train_reward_model(model, tokenizer, train, val, config)
+    metrics = train_reward_model(model, tokenizer, train, val, config, hooks=args.hooks)
     if distributed.is_main_process() and args.out:
         model.save_pretrained(args.out, tokenizer, extra={"metrics": {k: v for k, v in metrics.items() if k != "config"}})
     return metrics
@@ -83,7 +106,7 @@ def cmd_sft(args) -> dict:
     n_val = int(len(demos) * args.val_fraction)
     model, tokenizer = load_policy(args.policy)
     model.to(args.torch_device)
-    metrics = train_sft(model, tokenizer, demos[n_val:], config, val_demonstrations=demos[:n_val])
+    metrics = train_sft(model, tokenizer, demos[n_val:], config, val_demonstrations=demos[:n_val], hooks=args.hooks)
     if distributed.is_main_process() and args.out:
         save_policy(model, tokenizer, args.out)
     return metrics
@@ -103,7 +126,7 @@ def cmd_ppo(args) -> dict:
     for model in (policy, ref_policy, value_model, reward_model):
         model.to(device)
     prompts = [_messages(r) for r in _read_jsonl(args.prompts)]
-    trainer = PPOTrainer(policy, ref_policy, value_model, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config)
+    trainer = PPOTrainer(policy, ref_policy, value_model, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config, hooks=args.hooks)
     if args.resume:
         trainer.load_state_dict(torch.load(args.resume, weights_only=False, map_location=device))
     metrics = trainer.train(checkpoint_path=args.state, checkpoint_every=args.checkpoint_every)
@@ -139,6 +162,7 @@ def cmd_generate(args) -> dict:
     return {"prompts": len(prompts), "samples": sum(len(s) for s in samples)}
 
 
+@record
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.ml.cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -178,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in (reward, sft, ppo, gen):
         p.add_argument("--config", help="JSON object of config fields")
         p.add_argument("--metrics-out")
+        p.add_argument("--progress-file", help="rank 0 appends each step's metrics here (JSON Lines)")
+        p.add_argument("--stop-file", help="when this file appears, every rank stops at its next step (exit code 3)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -186,10 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         parser.error(str(exc))
     distributed.init_from_env(device=args.torch_device)
+    args.hooks = file_hooks(args.progress_file, args.stop_file)
     try:
         metrics = {"reward": cmd_reward, "sft": cmd_sft, "ppo": cmd_ppo, "generate": cmd_generate}[args.command](args)
         if distributed.is_main_process():
             _write_metrics(args.metrics_out, metrics)
+    except TrainingCancelled:
+        return CANCELLED_EXIT_CODE
     finally:
         distributed.shutdown()
     return 0

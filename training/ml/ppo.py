@@ -100,6 +100,19 @@ class PPOConfig:
     seed: int = 0
 
 
+def ppo_defaults_for(device: torch.device) -> dict:
+    """PPOConfig sizes that suit the device; project and run settings override them.
+
+    A CPU worker (the demo, small models) gets a short run: 16 prompts a step, 32-token
+    replies, 2 epochs, 20 steps, which keeps a demo cycle within minutes on 2 cores. A GPU
+    worker gets the batch sizes of the usual RLHF recipes (64 prompts a step in minibatches
+    of 16, 128-token replies, 4 epochs, 200 steps).
+    """
+    if device.type == "cuda":
+        return {"steps": 200, "rollout_batch_size": 64, "minibatch_size": 16, "ppo_epochs": 4, "max_new_tokens": 128, "max_prompt_tokens": 512}
+    return {"steps": 20, "rollout_batch_size": 16, "minibatch_size": 16, "ppo_epochs": 2, "max_new_tokens": 32, "max_prompt_tokens": 256}
+
+
 class ValueModel(nn.Module):
     """A backbone (AutoModel) with a scalar head initialised to zero: V = 0 before training."""
 

@@ -2,6 +2,7 @@
 
 Prompt tokens and padding get label -100, so the model learns to write replies, not to
 predict the user's turn. Same batching, schedule and torchrun behaviour as reward.py.
+Batches go to the model's device; bf16 autocast is on by default on GPUs that support it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
+from .device import autocast, model_device, to_device, use_bf16
 from .hooks import NO_HOOKS, TrainerHooks
 from .losses import warmup_cosine
 from .text import tokenize_prompt, tokenize_reply
@@ -33,6 +35,7 @@ class SFTConfig:
     max_prompt_tokens: int = 384
     max_reply_tokens: int = 256
     val_fraction: float = 0.0
+    bf16: bool | None = None  # bf16 autocast; None: on for GPUs that support it
     seed: int = 0
 
 
@@ -58,22 +61,25 @@ def collate(sequences, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return ids, labels, mask
 
 
-def reply_token_loss_sum(model, ids, labels, mask) -> tuple[torch.Tensor, int]:
+def reply_token_loss_sum(model, ids, labels, mask, bf16: bool = False) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over reply tokens, and how many there were."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    device = model_device(model)
+    ids, labels, mask = to_device((ids, labels, mask), device)
+    with autocast(device, bf16):
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     targets = labels[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
     return loss, int((targets != IGNORE).sum())
 
 
 @torch.no_grad()
-def evaluate(model, sequences, pad_id: int, batch_size: int = 16) -> dict:
+def evaluate(model, sequences, pad_id: int, batch_size: int = 16, bf16: bool = False) -> dict:
     model.eval()
     rank, world = distributed.rank_and_world()
     totals = torch.zeros(2, dtype=torch.float64)
     mine = sequences[rank::world]
     for start in range(0, len(mine), batch_size):
-        loss, n = reply_token_loss_sum(model, *collate(mine[start : start + batch_size], pad_id))
+        loss, n = reply_token_loss_sum(model, *collate(mine[start : start + batch_size], pad_id), bf16=bf16)
         totals += torch.tensor([loss.item(), n], dtype=torch.float64)
     totals = distributed.all_reduce_sum(totals)
     model.train()
@@ -88,6 +94,7 @@ def train_sft(model, tokenizer, demonstrations, config: SFTConfig, *, val_demons
     """
     torch.manual_seed(config.seed)
     rank, world = distributed.rank_and_world()
+    bf16 = use_bf16(model_device(model), config.bf16)
     pad_id = tokenizer.pad_token_id
     train = build_sequences(tokenizer, demonstrations, config)
     val = build_sequences(tokenizer, val_demonstrations or [], config)
@@ -113,7 +120,7 @@ def train_sft(model, tokenizer, demonstrations, config: SFTConfig, *, val_demons
             optimizer.zero_grad(set_to_none=True)
             loss_value = torch.zeros(1, dtype=torch.float64)
             if mine:
-                loss_sum, _ = reply_token_loss_sum(model, *collate(mine, pad_id))
+                loss_sum, _ = reply_token_loss_sum(model, *collate(mine, pad_id), bf16=bf16)
                 loss = loss_sum / max(n_tokens, 1)
                 loss.backward()
                 loss_value += loss.item()
@@ -128,6 +135,6 @@ def train_sft(model, tokenizer, demonstrations, config: SFTConfig, *, val_demons
     elapsed = time.perf_counter() - started
     final = {"steps": step, "train_loss": metrics.get("loss"), "train_seconds": elapsed, "reply_tokens_per_second": tokens / max(elapsed, 1e-9), "config": asdict(config)}
     if val:
-        final.update(evaluate(model, val, pad_id))
+        final.update(evaluate(model, val, pad_id, bf16=bf16))
     hooks.report(step, total, final)
     return final

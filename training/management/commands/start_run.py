@@ -7,6 +7,7 @@ from tqdm import tqdm
 from labeling.exceptions import LabelingError
 from labeling.models import Project
 from training.models import ACTIVE_RUN_STATUSES, RunKind, RunStatus
+from training.selectors import eta_seconds
 from training.services import start_run
 
 
@@ -41,7 +42,8 @@ class Command(BaseCommand):
             while True:
                 run.refresh_from_db()
                 bar.n = round(run.progress * 100)
-                bar.set_postfix(status=run.status)
+                eta = eta_seconds(run)
+                bar.set_postfix(status=run.status, eta="?" if eta is None else f"{eta:.0f}s")
                 bar.refresh()
                 if run.status not in ACTIVE_RUN_STATUSES:
                     break

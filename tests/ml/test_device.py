@@ -1,0 +1,116 @@
+"""The device setting, and every trainer on a GPU (tests marked `gpu` skip loudly without one).
+
+On a GPU each trainer must keep every model and batch on it: a tensor left on the CPU makes
+torch raise ("Expected all tensors to be on the same device"), so these runs fail if any
+path was missed. bf16 autocast is on by default there; weights stay float32.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.ml import device as devices
+from training.ml.checkpoint import load_policy
+from training.ml.data import build_examples, split_by_prompt
+from training.ml.generation import SamplingConfig, generate
+from training.ml.ppo import PPOConfig, PPOTrainer, ValueModel, ppo_defaults_for
+from training.ml.reward import RewardTrainingConfig, train_reward_model
+from training.ml.reward_model import RewardModel, RewardScorer
+from training.ml.sft import SFTConfig, train_sft
+from training.ml.synthetic import corpus, preference_judgements
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("spec", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", " CPU "])
+def test_valid_device_settings_parse(spec):
+    assert devices.parse_device(spec) == spec.strip().lower()
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:", "cuda:x", "tpu", "cuda:-1", "mps"])
+def test_invalid_device_settings_are_refused_with_the_choices(spec):
+    with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
+        devices.parse_device(spec)
+
+
+def test_auto_is_the_cpu_without_a_gpu_and_cuda_is_refused_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert devices.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="no usable CUDA GPU"):
+        devices.resolve_device("cuda:0")
+    assert not devices.use_bf16(torch.device("cpu"))  # float32 on CPU unless asked
+    assert devices.use_bf16(torch.device("cpu"), True)
+
+
+def test_a_bad_training_device_setting_stops_the_process_at_start():
+    env = {**os.environ, "TRAINING_DEVICE": "gpu0", "DJANGO_SETTINGS_MODULE": "feedback_site.settings"}
+    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "TRAINING_DEVICE must be auto, cpu, cuda or cuda:N" in result.stderr
+
+
+def test_to_device_moves_nested_batches():
+    from training.ml.reward_model import RewardBatch
+
+    batch = RewardBatch.build([[1, 2]], [[3], [4, 5]], [0, 0], pad_id=0)
+    moved = devices.to_device({"batch": batch, "ids": [torch.ones(2)]}, torch.device("cpu"))
+    assert isinstance(moved["batch"], RewardBatch) and torch.equal(moved["batch"].reply_ids, batch.reply_ids)
+
+
+def test_ppo_defaults_are_sized_to_the_device():
+    cpu, gpu = ppo_defaults_for(torch.device("cpu")), ppo_defaults_for(torch.device("cuda", 0))
+    assert cpu["rollout_batch_size"] < gpu["rollout_batch_size"] and cpu["steps"] < gpu["steps"]
+    PPOConfig(**cpu), PPOConfig(**gpu)  # both are valid configs
+
+
+# --------------------------------------------------------------------------- on a GPU
+
+
+@pytest.fixture
+def cuda():
+    return devices.prepare(devices.resolve_device("cuda"))
+
+
+@pytest.mark.gpu
+def test_reward_training_runs_on_the_gpu_in_bf16(tiny_policy_dir, cuda):
+    torch.manual_seed(0)
+    model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    model.to(cuda)
+    train, val = split_by_prompt(build_examples(preference_judgements(300, seed=1)), 0.2)
+    metrics = train_reward_model(model, tokenizer, train, val, RewardTrainingConfig(lr=1e-3, epochs=3, batch_size=16))
+    assert metrics["val_accuracy"] > 0.9
+    assert next(model.parameters()).device.type == "cuda" and next(model.parameters()).dtype == torch.float32
+    scores = RewardScorer(model, tokenizer)([[{"role": "user", "content": "hi"}]] * 2, ["helpful clear", "river stone"])
+    assert scores.device.type == "cuda" and scores.shape == (2,)
+
+
+@pytest.mark.gpu
+def test_sft_and_generation_run_on_the_gpu(tiny_policy_dir, cuda):
+    policy, tokenizer = load_policy(tiny_policy_dir)
+    policy.to(cuda)
+    demos = [([{"role": "user", "content": text}], "helpful clear answer") for text in corpus(3, 32)]
+    metrics = train_sft(policy, tokenizer, demos, SFTConfig(lr=1e-3, epochs=2, batch_size=8))
+    assert metrics["train_loss"] < 10
+    samples = generate(policy, tokenizer, [m for m, _ in demos[:4]], SamplingConfig(n=2, max_new_tokens=8))
+    assert len(samples) == 4 and all(len(s) == 2 for s in samples)
+
+
+@pytest.mark.gpu
+def test_a_ppo_step_keeps_policy_reference_value_and_reward_models_on_the_gpu(tiny_policy_dir, cuda):
+    policy, tokenizer = load_policy(tiny_policy_dir)
+    reference, _ = load_policy(tiny_policy_dir)
+    value_model = ValueModel.from_policy_folder(tiny_policy_dir)
+    reward_model, reward_tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    for model in (policy, reference, value_model, reward_model):
+        model.to(cuda)
+    prompts = [[{"role": "user", "content": text}] for text in corpus(2, 16)]
+    config = PPOConfig(steps=2, rollout_batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=8, lr=1e-4)
+    trainer = PPOTrainer(policy, reference, value_model, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config)
+    assert trainer.bf16  # autocast by default on a bf16-capable GPU
+    metrics = trainer.train()
+    assert metrics["response_length"] > 0 and metrics["kl"] is not None
+    assert all(p.device.type == "cuda" for p in policy.parameters())
