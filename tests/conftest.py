@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config, items):
     has_redis = redis_reachable()
     has_gpu = torch.cuda.is_available()
     for item in items:
-        if "gpu" in item.keywords and not has_gpu:
+        if item.get_closest_marker("gpu") and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
             SERVICE_SKIPS.append(f"{item.nodeid}  [no CUDA GPU]")
         if "redis" in item.keywords and not has_redis:

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import torch
 from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -477,3 +478,23 @@ def test_generated_text_that_a_database_cannot_store_is_made_storable(db):
     task = add_comparison_task(prompt=prompt, replies=[GeneratedReply("x\x00y", "model"), GeneratedReply("lone \ud800", "model")])
     texts = sorted(tr.response.text for tr in task.task_responses.select_related("response"))
     assert texts == ["lone \ufffd", "x\ufffdy"]
+
+
+def test_ppo_with_lora_uses_the_policy_with_adapters_off_as_reference_and_saves_adapters_only(db, models_on_disk):
+    project = labelled_project()
+    run_now(project, "reward")
+    run = run_now(project, "ppo", {"adapters": {"lora_r": 4, "save": "adapter", "gradient_checkpointing": True}})
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    folder = Path(ModelVersion.objects.get(produced_by=run).artifact_path)
+    assert (folder / "adapter_config.json").exists() and not (folder / "model.safetensors").exists()
+    policy, _ = load_policy(folder)  # the base folder, then the adapters merged in
+    base, _ = load_policy(runner.default_policy_dir())
+    changed = any(not torch.equal(a, b) for a, b in zip(policy.state_dict().values(), base.state_dict().values()))
+    assert changed and run.metrics["kl"] is not None
+
+
+def test_bad_adapter_options_fail_the_run_with_the_reason(db, models_on_disk):
+    project = labelled_project()
+    run_now(project, "reward")
+    run = run_now(project, "ppo", {"adapters": {"lora_r": -1}})
+    assert run.status == RunStatus.FAILED and run.error.startswith("adapters: lora_r must be an integer >= 0")

@@ -42,6 +42,7 @@ from . import launcher, selectors, services
 from .exceptions import TrainingFailed
 from .defaults import default_policy_dir, reward_backbone_dir
 from .models import ModelVersion, RunKind, RunStatus, TrainingRun, VersionKind
+from .ml.adapters import AdapterConfig, prepare_model
 from .ml.checkpoint import load_policy, save_policy
 from .ml.data import build_examples, split_by_prompt
 from .ml.device import describe, free_memory, prepare, resolve_device
@@ -150,6 +151,14 @@ def processes_for(run: TrainingRun) -> int:
     return int(run.config.get("processes") or settings.TRAINING_PROCESSES)
 
 
+def adapters_for(run: TrainingRun) -> AdapterConfig:
+    """The run's large-model options (LoRA, gradient checkpointing, save mode): config["adapters"]."""
+    try:
+        return AdapterConfig.from_dict(run.config.get("adapters"))
+    except (TypeError, ValueError) as exc:
+        raise TrainingFailed(f"adapters: {exc}") from exc
+
+
 def _merged(cls, *overrides: dict):
     values: dict = {}
     for override in overrides:
@@ -198,7 +207,7 @@ def stage_reward(run: TrainingRun, reporter: RunReporter) -> dict:
     train, val = split_by_prompt(examples, val_fraction, seed=config.seed)
     if len(train) < 2:
         raise TrainingFailed(f"only {len(examples)} usable judgements: need a few with a winner to train a reward model")
-    device, processes = worker_device(), processes_for(run)
+    device, processes, adapters = worker_device(), processes_for(run), adapters_for(run)
     reporter.log(f"reward model: {len(train)} training and {len(val)} validation judgements on {describe(device)}, {processes} process(es)")
     path = artifact_dir(run, "reward")
     if processes > 1:
@@ -206,16 +215,16 @@ def stage_reward(run: TrainingRun, reporter: RunReporter) -> dict:
             run, reporter, "reward", processes, device,
             inputs={"data": launcher.raw_export_lines(judgements)},
             args=["--backbone", str(reward_backbone_dir()), "--val-fraction", str(val_fraction), "--out", str(path)]
-            + (["--use-margin"] if use_margin else []),
+            + ["--adapters", json.dumps(adapters.to_dict())] + (["--use-margin"] if use_margin else []),
             config=config,
         )
     else:
         torch.manual_seed(config.seed)
-        model, tokenizer = RewardModel.from_backbone(reward_backbone_dir())
+        model, tokenizer = RewardModel.from_backbone(reward_backbone_dir(), adapters=adapters)
         model.to(device)
         metrics = train_reward_model(model, tokenizer, train, val, config, hooks=reporter.hooks())
         metrics.pop("config", None)
-        model.save_pretrained(path, tokenizer, extra={"metrics": metrics})
+        model.save_pretrained(path, tokenizer, extra={"metrics": metrics}, mode=adapters.save)
         del model
     metrics.pop("config", None)
     metrics["train_judgements"] = len(train)
@@ -251,7 +260,7 @@ def split_eval_prompts(prompts: list[list[dict]], wanted: int) -> tuple[list[lis
 
 def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
     rules = services.training_settings_for(run.project)
-    device, processes = worker_device(), processes_for(run)
+    device, processes, adapters = worker_device(), processes_for(run), adapters_for(run)
     config = _merged(PPOConfig, ppo_defaults_for(device), rules.ppo_config, run.config.get("ppo"))
     reward_version = services.active_version(run.project, VersionKind.REWARD)
     if reward_version is None:
@@ -269,7 +278,7 @@ def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
         result = launcher.run_engine(
             run, reporter, "ppo", processes, device,
             inputs={"prompts": [json.dumps({"messages": m}) for m in train_prompts]},
-            args=["--policy", str(start_path), "--reward-model", reward_version.artifact_path, "--out", str(path)],
+            args=["--policy", str(start_path), "--reward-model", reward_version.artifact_path, "--out", str(path), "--adapters", json.dumps(adapters.to_dict())],
             config=config,
         )
         history = result["history"]
@@ -278,15 +287,19 @@ def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
     else:
         torch.manual_seed(config.seed)
         policy, tokenizer = load_policy(start_path)
-        reference, _ = load_policy(start_path)  # the run's starting policy, frozen
+        policy = prepare_model(policy, adapters, task="causal")
+        # the run's starting policy, frozen: with LoRA the policy itself with its adapters off
+        reference = None if adapters.lora else load_policy(start_path)[0]
         value_model = ValueModel.from_policy_folder(start_path)
+        value_model.backbone = prepare_model(value_model.backbone, adapters, task="feature")
         for model in (policy, reference, value_model):
-            model.to(device)
+            if model is not None:
+                model.to(device)
         scorer = RewardScorer(*_on(device, RewardModel.from_pretrained(reward_version.artifact_path)))
         trainer = PPOTrainer(policy, reference, value_model, tokenizer, scorer, train_prompts, config, hooks=reporter.hooks())
         trainer.train()
         history = trainer.history
-        save_policy(policy, tokenizer, path)
+        save_policy(policy, tokenizer, path, mode=adapters.save)
         del trainer, value_model, reference, scorer
         free_memory()
     metrics = {key: _mean_of_last(history, key) for key in ("reward_mean", "kl", "kl_k3", "entropy", "response_length")}
@@ -330,19 +343,20 @@ def stage_sft(run: TrainingRun, reporter: RunReporter) -> dict:
     if not demos:
         raise TrainingFailed("no clear winners among the judgements to learn from")
     start_path, start_version = _starting_policy(run.project)
-    device, processes = worker_device(), processes_for(run)
+    device, processes, adapters = worker_device(), processes_for(run), adapters_for(run)
     path = artifact_dir(run, "policy")
     if processes > 1:
         rows = [json.dumps({"messages": messages, "reply": reply}) for messages, reply in demos]
         metrics = launcher.run_engine(
             run, reporter, "sft", processes, device, inputs={"data": rows},
-            args=["--policy", str(start_path), "--val-fraction", "0", "--out", str(path)], config=config,
+            args=["--policy", str(start_path), "--val-fraction", "0", "--out", str(path), "--adapters", json.dumps(adapters.to_dict())],
+            config=config,
         )
     else:
         policy, tokenizer = load_policy(start_path)
-        policy.to(device)
+        policy = prepare_model(policy, adapters, task="causal").to(device)
         metrics = train_sft(policy, tokenizer, demos, config, hooks=reporter.hooks())
-        save_policy(policy, tokenizer, path)
+        save_policy(policy, tokenizer, path, mode=adapters.save)
     metrics.pop("config", None)
     version = _register(run, VersionKind.POLICY, path, metrics, start_version, reporter, auto_promote=False)
     return {**metrics, "version": version.number, "promoted": False}

@@ -43,7 +43,7 @@ def human_judgement_count(project: Project) -> int:
 
 # Keys a run's config may hold: per-stage overrides of the engine's config dataclasses
 # (checked field by field by the worker) and a few plain options.
-STAGE_CONFIG_KEYS = ("reward", "ppo", "sft", "sampling")
+STAGE_CONFIG_KEYS = ("reward", "ppo", "sft", "sampling", "adapters")
 PLAIN_CONFIG_KEYS = ("prompts", "replies_per_prompt", "val_fraction", "use_margin", "seed", "trigger", "new_judgements", "processes")
 
 

@@ -24,6 +24,9 @@ def test_user_style_folder_loads_through_the_same_path(tiny_tokenizer, tmp_path)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
     assert model.config.pad_token_id == tokenizer.pad_token_id
+    again, _ = load_policy(folder)  # the added pad row is the same on every load (policy = reference)
+    assert torch.equal(model.get_input_embeddings().weight, again.get_input_embeddings().weight)
+    assert torch.equal(model.get_output_embeddings().weight, again.get_output_embeddings().weight)
 
 
 def test_save_and_load_round_trip_gives_identical_outputs(tiny_policy_dir, tmp_path):
@@ -51,7 +54,7 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
 def test_engine_imports_without_django():
     code = (
         "import sys; sys.modules['django'] = None\n"  # any `import django` now fails
-        "import training.ml.cli, training.ml.reward, training.ml.ppo, training.ml.sft, training.ml.generation, training.ml.bootstrap\n"
+        "import training.ml.cli, training.ml.adapters, training.ml.reward, training.ml.ppo, training.ml.sft, training.ml.generation, training.ml.bootstrap\n"
         "assert 'django' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]\n"
         "print('ok')"
     )

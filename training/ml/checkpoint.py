@@ -1,7 +1,9 @@
 """Loading models and tokenizers from a local folder, and writing checkpoints atomically.
 
 Every model comes from a directory written by `save_pretrained` (a user's own checkpoint
-or the built-in default): nothing is fetched from a hub. A folder is written under a
+or the built-in default): nothing is fetched from a hub. A folder is either a full
+checkpoint or adapter-only (LoRA weights + the path of its base folder, see adapters.py);
+`load_policy` and `load_backbone` read both. A folder is written under a
 temporary name next to its final place and renamed into place, so a crash never leaves
 a half-written model where a reader could find it.
 """
@@ -15,8 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
+
+from . import adapters
 
 PAD_TOKEN = "<|pad|>"
 hf_logging.disable_progress_bar()
@@ -38,9 +42,23 @@ def ensure_distinct_pad_token(tokenizer) -> bool:
 
 
 def match_embeddings(model, tokenizer) -> None:
-    """Grow the embedding matrix when the tokenizer gained tokens (the pad token)."""
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+    """Grow the embedding matrix when the tokenizer gained tokens (the pad token).
+
+    The new rows (input, and output when untied) are the mean of the old ones, not random:
+    every load of a folder gives the same model, so a policy and its reference (or a base
+    under adapters) loaded separately agree exactly.
+    """
+    old = model.get_input_embeddings().num_embeddings
+    if old < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        outputs = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        with torch.no_grad():
+            for layer in (model.get_input_embeddings(), outputs):
+                if layer is not None and layer.weight.shape[0] > old:
+                    layer.weight[old:] = layer.weight[:old].mean(0, keepdim=True)
+                    bias = getattr(layer, "bias", None)
+                    if bias is not None and bias.shape[0] > old:
+                        bias[old:] = bias[:old].mean()
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
@@ -51,18 +69,58 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def load_policy(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """(AutoModelForCausalLM, tokenizer) from a local folder."""
-    tokenizer = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-    match_embeddings(model, tokenizer)
+def load_policy(path: str | os.PathLike, dtype: torch.dtype = torch.float32, *, merge_adapters: bool = True):
+    """(AutoModelForCausalLM, tokenizer) from a local folder: a full checkpoint, or an
+    adapter-only one (adapters.py) whose base folder is loaded first (recursively, so the
+    base may itself be adapter-only) and the adapters merged in (or, with
+    merge_adapters=False, kept as a trainable peft model)."""
+    folder = Path(path).resolve()
+    tokenizer = load_tokenizer(folder)
+    if adapters.is_adapter_folder(folder):
+        if adapters.adapter_task(folder) != "causal":
+            raise ValueError(f"{folder} holds the adapters of a reward or value model, not of a policy")
+        base, _ = load_policy(adapters.adapter_base(folder), dtype)
+        match_embeddings(base, tokenizer)
+        model = adapters.load_adapters(base, folder, merge=merge_adapters)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+        match_embeddings(model, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
-def save_policy(model, tokenizer, path: str | os.PathLike) -> Path:
+def load_backbone(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
+    """(AutoModel backbone, tokenizer) from a folder: full, or adapter-only (merged in).
+
+    A policy's adapter folder gives the backbone of the merged causal LM; a reward model's
+    adapter folder gives its backbone with its adapters merged (the head is not read here).
+    """
+    folder = Path(path).resolve()
+    tokenizer = load_tokenizer(folder)
+    if adapters.is_adapter_folder(folder):
+        if adapters.adapter_task(folder) == "causal":
+            policy, _ = load_policy(folder, dtype)
+            backbone = policy.base_model
+            backbone.name_or_path = str(folder)
+        else:
+            base, _ = load_backbone(adapters.adapter_base(folder), dtype)
+            match_embeddings(base, tokenizer)
+            backbone = adapters.load_adapters(base, folder, merge=True)
+    else:
+        backbone = AutoModel.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+    match_embeddings(backbone, tokenizer)
+    return backbone, tokenizer
+
+
+def save_policy(model, tokenizer, path: str | os.PathLike, *, mode: str | None = None) -> Path:
+    """Write the policy atomically. mode "merged": a plain checkpoint (adapters, if any,
+    added into the weights; loadable by AutoModelForCausalLM without peft); "adapter": the
+    adapter weights and the base folder's path only. None: as chosen in AdapterConfig.save
+    when the adapters were added, else merged."""
+    mode = mode or adapters.default_save_mode(model)
+
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        adapters.save_model(model, tmp, mode)
         tokenizer.save_pretrained(tmp)
 
     return write_atomically(path, write)

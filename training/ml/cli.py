@@ -26,6 +26,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import distributed
+from .adapters import AdapterConfig, prepare_model
 from .device import prepare, resolve_device
 from .hooks import NO_HOOKS, TrainerHooks, TrainingCancelled
 
@@ -88,11 +89,11 @@ def cmd_reward(args) -> dict:
     examples = build_examples(judgements, use_margin=args.use_margin, include_ties=config.tie_weight > 0)
     train, val = split_by_prompt(examples, args.val_fraction, seed=config.seed)
     torch.manual_seed(config.seed)
-    model, tokenizer = RewardModel.from_backbone(args.backbone)
+    model, tokenizer = RewardModel.from_backbone(args.backbone, adapters=args.adapters)
     model.to(args.torch_device)
     metrics = train_reward_model(model, tokenizer, train, val, config, hooks=args.hooks)
     if distributed.is_main_process() and args.out:
-        model.save_pretrained(args.out, tokenizer, extra={"metrics": {k: v for k, v in metrics.items() if k != "config"}})
+        model.save_pretrained(args.out, tokenizer, extra={"metrics": {k: v for k, v in metrics.items() if k != "config"}}, mode=args.adapters.save)
     return metrics
 
 
@@ -105,10 +106,10 @@ def cmd_sft(args) -> dict:
     demos = [(_messages(r), r["reply"]) for r in rows]
     n_val = int(len(demos) * args.val_fraction)
     model, tokenizer = load_policy(args.policy)
-    model.to(args.torch_device)
+    model = prepare_model(model, args.adapters, task="causal").to(args.torch_device)
     metrics = train_sft(model, tokenizer, demos[n_val:], config, val_demonstrations=demos[:n_val], hooks=args.hooks)
     if distributed.is_main_process() and args.out:
-        save_policy(model, tokenizer, args.out)
+        save_policy(model, tokenizer, args.out, mode=args.adapters.save)
     return metrics
 
 
@@ -119,19 +120,23 @@ def cmd_ppo(args) -> dict:
 
     config = _config(PPOConfig, args.config)
     device = args.torch_device
+    adapters = args.adapters
     policy, tokenizer = load_policy(args.policy)
-    ref_policy, _ = load_policy(args.policy)
+    policy = prepare_model(policy, adapters, task="causal")
+    ref_policy = None if adapters.lora else load_policy(args.policy)[0]  # with LoRA: the policy, adapters off
     value_model = ValueModel.from_policy_folder(args.policy)
+    value_model.backbone = prepare_model(value_model.backbone, adapters, task="feature")
     reward_model, reward_tokenizer = RewardModel.from_pretrained(args.reward_model)
     for model in (policy, ref_policy, value_model, reward_model):
-        model.to(device)
+        if model is not None:
+            model.to(device)
     prompts = [_messages(r) for r in _read_jsonl(args.prompts)]
     trainer = PPOTrainer(policy, ref_policy, value_model, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config, hooks=args.hooks)
     if args.resume:
         trainer.load_state_dict(torch.load(args.resume, weights_only=False, map_location=device))
     metrics = trainer.train(checkpoint_path=args.state, checkpoint_every=args.checkpoint_every)
     if args.out and distributed.is_main_process():
-        save_policy(policy, tokenizer, args.out)
+        save_policy(policy, tokenizer, args.out, mode=adapters.save)
     return {**metrics, "history": trainer.history}
 
 
@@ -204,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--metrics-out")
         p.add_argument("--progress-file", help="rank 0 appends each step's metrics here (JSON Lines)")
         p.add_argument("--stop-file", help="when this file appears, every rank stops at its next step (exit code 3)")
+        if p is not gen:
+            p.add_argument("--adapters", help="JSON object of AdapterConfig fields: LoRA (lora_r, ...), gradient_checkpointing, save")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -214,13 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     distributed.init_from_env(device=args.torch_device)
     args.hooks = file_hooks(args.progress_file, args.stop_file)
     try:
+        args.adapters = AdapterConfig.from_dict(json.loads(args.adapters) if getattr(args, "adapters", None) else None)
+    except (ValueError, TypeError) as exc:
+        parser.error(f"--adapters: {exc}")
+    try:
         metrics = {"reward": cmd_reward, "sft": cmd_sft, "ppo": cmd_ppo, "generate": cmd_generate}[args.command](args)
         if distributed.is_main_process():
             _write_metrics(args.metrics_out, metrics)
-    except TrainingCancelled:
-        return CANCELLED_EXIT_CODE
-    finally:
+    except TrainingCancelled:  # every rank stopped at the same step: they can still meet
         distributed.shutdown()
+        return CANCELLED_EXIT_CODE
+    # Any other error propagates without a barrier: this rank exits, torchrun sees it and
+    # stops the others (a barrier here would wait forever for ranks stuck in a collective).
+    distributed.shutdown()
     return 0
 
 

@@ -31,6 +31,11 @@ rank divides its loss by the minibatch's global token count and the gradients ar
 across ranks before clipping. One process and N processes therefore make the same update
 (tests/ml/test_torchrun.py compares the histories).
 
+Large models. With LoRA adapters on the policy (adapters.prepare_model) pass
+ref_policy=None: the reference log-probs then come from the same model with its adapters
+off (adapters.adapters_disabled), so no second copy of the weights is held. Only the
+parameters that require grad (the adapters, a value head) are given to the optimisers.
+
 Devices. The trainer works on the device of the policy's parameters (the caller moves the
 models); with `bf16` (None: on for GPUs that support it) forward passes run under bf16
 autocast while weights, optimiser state and the loss arithmetic stay float32.
@@ -49,10 +54,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel
 
 from . import distributed
-from .checkpoint import disable_dropout, load_tokenizer, match_embeddings, save_state_atomically
+from .adapters import adapters_disabled, has_adapters
+from .checkpoint import disable_dropout, load_backbone, save_state_atomically
 from .device import autocast, model_device, use_bf16
 from .generation import decode_responses, forward_response, pad_left, position_ids, truncate_after_eos
 from .hooks import NO_HOOKS, TrainerHooks
@@ -125,9 +130,8 @@ class ValueModel(nn.Module):
 
     @classmethod
     def from_policy_folder(cls, path) -> "ValueModel":
-        tokenizer = load_tokenizer(path)
-        backbone = AutoModel.from_pretrained(str(path), local_files_only=True)
-        match_embeddings(backbone, tokenizer)
+        """The policy's backbone (a full or an adapter-only folder) under a new value head."""
+        backbone, _ = load_backbone(path)
         return cls(backbone)
 
     def forward(self, query, query_mask, response, response_mask) -> torch.Tensor:
@@ -194,6 +198,8 @@ class PPOTrainer:
             raise ValueError("kl_estimator must be k1 or k3")
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
+        if ref_policy is None and not has_adapters(policy):
+            raise ValueError("without LoRA adapters on the policy, PPO needs a separate reference policy")
         self.rank, self.world = distributed.rank_and_world()
         if config.rollout_batch_size < self.world:
             raise ValueError(f"rollout_batch_size {config.rollout_batch_size} is smaller than the {self.world} processes")
@@ -202,10 +208,12 @@ class PPOTrainer:
         self.device = model_device(policy)
         self.bf16 = use_bf16(self.device, config.bf16)
         for model in (policy, ref_policy, value_model):
-            disable_dropout(model)
-        ref_policy.eval()
-        for p in ref_policy.parameters():
-            p.requires_grad_(False)
+            if model is not None:
+                disable_dropout(model)
+        if ref_policy is not None:
+            ref_policy.eval()
+            for p in ref_policy.parameters():
+                p.requires_grad_(False)
         distributed.broadcast_parameters(policy)
         distributed.broadcast_parameters(value_model)
         torch.manual_seed(config.seed)
@@ -243,7 +251,7 @@ class PPOTrainer:
         generation_seconds = time.perf_counter() - started
         with autocast(device, self.bf16):
             logprobs, _ = forward_response(self.policy, query, query_mask, response, mask, config.temperature)
-            ref_logprobs, _ = forward_response(self.ref_policy, query, query_mask, response, mask, config.temperature)
+            ref_logprobs = self._reference_logprobs(query, query_mask, response, mask)
             values = self.value_model(query, query_mask, response, mask)
         scores = self.reward_fn(prompts, decode_responses(tokenizer, response, mask)).float().to(device)
         if config.missing_eos_penalty is not None:
@@ -253,6 +261,13 @@ class PPOTrainer:
             prompts, rows, query, query_mask, response, maskf, logprobs.float() * maskf, ref_logprobs.float() * maskf, values * maskf,
             scores, has_eos, generation_seconds,
         )
+
+    def _reference_logprobs(self, query, query_mask, response, mask) -> torch.Tensor:
+        """Log-probs under the reference: its own model, or the policy with its adapters off."""
+        if self.ref_policy is not None:
+            return forward_response(self.ref_policy, query, query_mask, response, mask, self.config.temperature)[0]
+        with adapters_disabled(self.policy):
+            return forward_response(self.policy, query, query_mask, response, mask, self.config.temperature)[0]
 
     def token_rewards(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-token rewards, per-token KL used in the penalty)."""
