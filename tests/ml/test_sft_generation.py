@@ -1,4 +1,4 @@
-"""SFT loss on reply tokens only; sampling with log-probs; best-of-n."""
+"""SFT loss on reply tokens only; sampling with log-probs; best-of-n; the reply-only LM head."""
 
 import math
 
@@ -6,7 +6,17 @@ import pytest
 import torch
 
 from training.ml.checkpoint import load_policy
-from training.ml.generation import SamplingConfig, best_of_n, generate, truncate_after_eos
+from training.ml.generation import (
+    SamplingConfig,
+    best_of_n,
+    forward_response,
+    generate,
+    pad_left,
+    position_ids,
+    sample_responses,
+    truncate_after_eos,
+)
+from training.ml.losses import logprobs_from_logits
 from training.ml.sft import IGNORE, SFTConfig, build_sequences, evaluate, train_sft
 from training.ml.synthetic import sentence
 
@@ -55,3 +65,79 @@ def test_generate_n_samples_with_logprobs_and_best_of_n(tiny_policy_dir):
     best = best_of_n(prompts, samples, longest)
     for (sample, score), options in zip(best, samples):
         assert score == max(len(s.text) for s in options) and sample.text in [s.text for s in options]
+
+
+def padded_batch(tokenizer, n_new=7):
+    """Left-padded prompts of different lengths and replies with padding after an EOS."""
+    queries = [tokenizer(DEMOS[i][0][0]["content"])["input_ids"][: 4 + 3 * i] for i in range(3)]
+    query, query_mask = pad_left(queries, tokenizer.pad_token_id)
+    response = torch.randint(2, len(tokenizer), (3, n_new), generator=torch.Generator().manual_seed(0))
+    response[0, 3] = tokenizer.eos_token_id
+    response, response_mask, _ = truncate_after_eos(response, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return query, query_mask, response, response_mask
+
+
+def test_reply_only_logits_equal_the_full_forward_sliced(tiny_policy_dir):
+    model, tokenizer = load_policy(tiny_policy_dir)
+    model.eval()
+    query, query_mask, response, response_mask = padded_batch(tokenizer)
+    ids, mask = torch.cat([query, response], 1), torch.cat([query_mask, response_mask], 1)
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, query.shape[1] - 1 : -1]
+        logprobs, logits = forward_response(model, query, query_mask, response, response_mask, 0.7)
+    assert logits.shape == full.shape == (3, response.shape[1], len(tokenizer))
+    assert torch.allclose(logits, full, atol=1e-5)
+    assert torch.allclose(logprobs, logprobs_from_logits(full, response, 0.7), atol=1e-5)
+
+
+def test_reply_only_logits_give_the_same_gradients(tiny_policy_dir):
+    model, tokenizer = load_policy(tiny_policy_dir)
+    query, query_mask, response, response_mask = padded_batch(tokenizer)
+    ids, mask = torch.cat([query, response], 1), torch.cat([query_mask, response_mask], 1)
+    full = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, query.shape[1] - 1 : -1]
+    (logprobs_from_logits(full, response) * response_mask).sum().backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    logprobs, _ = forward_response(model, query, query_mask, response, response_mask, 1.0)
+    (logprobs * response_mask).sum().backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], atol=1e-5), name
+
+
+def test_lean_sampler_greedy_equals_transformers_generate(tiny_policy_dir):
+    model, tokenizer = load_policy(tiny_policy_dir)
+    model.eval()
+    query, query_mask, _, _ = padded_batch(tokenizer)
+    config = SamplingConfig(temperature=0.0, max_new_tokens=9)
+    response, mask, has_eos = sample_responses(model, tokenizer, query, query_mask, config)
+    out = model.generate(
+        input_ids=query, attention_mask=query_mask, do_sample=False, max_new_tokens=9,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    expected, expected_mask, expected_eos = truncate_after_eos(out[:, query.shape[1] :], tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert response.tolist() == expected.tolist() and mask.tolist() == expected_mask.tolist()
+    assert has_eos.tolist() == expected_eos.tolist()
+
+
+def test_sampled_replies_end_at_their_first_eos_and_follow_the_generators(tiny_policy_dir):
+    model, tokenizer = load_policy(tiny_policy_dir)
+    query, query_mask, _, _ = padded_batch(tokenizer)
+    config = SamplingConfig(temperature=1.0, max_new_tokens=12)
+    draws = [
+        sample_responses(model, tokenizer, query, query_mask, config, generators=[torch.Generator().manual_seed(i) for i in range(3)])
+        for _ in range(2)
+    ]
+    (response, mask, has_eos), (again, _, _) = draws
+    assert response.tolist() == again.tolist()  # same generators, same replies
+    for row, m, eos in zip(response.tolist(), mask.tolist(), has_eos.tolist()):
+        n = sum(m)
+        assert m == [1] * n + [0] * (len(m) - n) and all(t == tokenizer.pad_token_id for t in row[n:])
+        assert (tokenizer.eos_token_id in row[:n]) == eos and (not eos or row.index(tokenizer.eos_token_id) == n - 1)
+
+
+def test_tensors_are_made_on_the_given_device():
+    ids, mask = pad_left([[5, 6], [7]], pad_id=0, device="cpu")
+    assert ids.tolist() == [[5, 6], [0, 7]] and mask.tolist() == [[1, 1], [0, 1]]
+    response = torch.tensor([[5, 2, 7]], device=ids.device)
+    truncated, tmask, _ = truncate_after_eos(response, eos_id=2, pad_id=0)
+    assert truncated.device == tmask.device == response.device

@@ -1,19 +1,28 @@
-"""Sampling replies from a policy: batched, with a KV cache (transformers' generate),
-log-probs under the sampling temperature, and best-of-n by reward-model score.
+"""Sampling replies from a policy: batched, with a KV cache, log-probs under the sampling
+temperature, and best-of-n by reward-model score.
 
-Log-probs are recomputed with one forward pass over prompt + reply rather than read from
-generate's scores, so that rollouts and PPO updates use the very same computation.
+Sampling runs a lean token-by-token loop over the model's KV cache
+(sampling.sample_with_generators: softmax(logits / temperature) after top-p, top-k off,
+greedy at temperature 0), which for small models costs a fraction of `model.generate`'s
+per-token overhead. Log-probs are recomputed with one forward pass over prompt + reply
+rather than read from the sampling loop, so that rollouts and PPO updates use the very
+same computation; that pass applies the LM head (and the log-softmax) to the reply's
+positions only (transformers' `logits_to_keep`), not to the whole prompt.
 Prompts are left-padded, replies right-padded; a reply ends at its first EOS (kept, and
-counted as the reply's last real token); anything after it is padding.
+counted as the reply's last real token); anything after it is padding. Every tensor made
+here is made on the device of the model or of the tensors it is given.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 
+from .device import model_device
 from .losses import logprobs_from_logits
+from .sampling import sample_with_generators
 from .text import tokenize_prompt
 
 
@@ -35,13 +44,16 @@ class Sample:
     finished: bool  # ended with EOS rather than hitting max_new_tokens
 
 
-def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_left(sequences: list[list[int]], pad_id: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), left-padded to the longest sequence; built on the CPU, then moved to `device` in one copy each."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
         ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
         mask[i, width - len(s) :] = 1
+    if device is not None and torch.device(device) != ids.device:
+        ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
     return ids, mask
 
 
@@ -55,61 +67,80 @@ def truncate_after_eos(response: torch.Tensor, eos_id: int, pad_id: int) -> tupl
     has_eos = is_eos.any(1)
     T = response.shape[1]
     first_eos = torch.where(has_eos, is_eos.int().argmax(1), torch.full_like(has_eos, T - 1, dtype=torch.long))
-    mask = (torch.arange(T).unsqueeze(0) <= first_eos.unsqueeze(1)).long()
+    mask = (torch.arange(T, device=response.device).unsqueeze(0) <= first_eos.unsqueeze(1)).long()
     return torch.where(mask.bool(), response, torch.full_like(response, pad_id)), mask, has_eos
+
+
+_KEEPS_LOGITS: dict[type, bool] = {}
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether model.forward takes transformers' `logits_to_keep` (explicitly or through **kwargs)."""
+    cls = type(model)
+    if cls not in _KEEPS_LOGITS:
+        try:
+            parameters = inspect.signature(model.forward).parameters.values()
+        except (TypeError, ValueError):
+            parameters = []
+        _KEEPS_LOGITS[cls] = any(p.name == "logits_to_keep" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    return _KEEPS_LOGITS[cls]
+
+
+def response_logits(model, query, query_mask, response, response_mask) -> torch.Tensor:
+    """The logits that predicted each response token: (B, T, V), positions Q-1 .. Q+T-2.
+
+    The LM head runs on the last T + 1 positions only (`logits_to_keep`) when the model
+    supports it; a model that ignores it returns all positions, and the same slice of
+    those is taken. Either way the result equals the full forward's logits[:, Q-1:-1].
+    """
+    ids = torch.cat([query, response], 1)
+    mask = torch.cat([query_mask, response_mask], 1)
+    kwargs = {"logits_to_keep": response.shape[1] + 1} if accepts_logits_to_keep(model) else {}
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), **kwargs).logits
+    return logits[:, -(response.shape[1] + 1) : -1]
 
 
 def forward_response(model, query, query_mask, response, response_mask, temperature: float):
     """(per-token log-probs of the response, the logits that predicted them)."""
-    ids = torch.cat([query, response], 1)
-    mask = torch.cat([query_mask, response_mask], 1)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
-    logits = logits[:, query.shape[1] - 1 : -1]
+    logits = response_logits(model, query, query_mask, response, response_mask)
     return logprobs_from_logits(logits, response, temperature), logits
 
 
 @torch.no_grad()
-def sample_responses(model, tokenizer, query, query_mask, config: SamplingConfig):
-    """Generate one reply per query row: (response ids, response mask, has_eos)."""
-    out = model.generate(
-        input_ids=query,
-        attention_mask=query_mask,
-        do_sample=config.temperature > 0,
-        temperature=config.temperature if config.temperature > 0 else None,
-        top_p=config.top_p,
-        top_k=0,
-        max_new_tokens=config.max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
+def sample_responses(model, tokenizer, query, query_mask, config: SamplingConfig, generators: list[torch.Generator] | None = None):
+    """Generate one reply per query row: (response ids, response mask, has_eos).
+
+    Rows draw from the global torch RNG, or row i from generators[i] when given.
+    """
+    response = sample_with_generators(
+        model, query, query_mask, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, generators=generators,
     )
-    response = out[:, query.shape[1] :]
-    if response.shape[1] == 0:
-        response = torch.full((query.shape[0], 1), tokenizer.eos_token_id, dtype=torch.long)
     return truncate_after_eos(response, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
 
 def decode_responses(tokenizer, response: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    return [
-        tokenizer.decode(row[: int(m.sum())].tolist(), skip_special_tokens=True).strip() for row, m in zip(response, mask)
-    ]
+    lengths = mask.sum(1).tolist()  # one device-to-host copy for the whole batch
+    rows = response.tolist()
+    return [tokenizer.decode(row[: int(n)], skip_special_tokens=True).strip() for row, n in zip(rows, lengths)]
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], config: SamplingConfig) -> list[list[Sample]]:
     """n samples per prompt (list of messages), in batches of config.batch_size sequences."""
     model.eval()
+    device = model_device(model)
     queries = [tokenize_prompt(tokenizer, messages, config.max_prompt_tokens) for messages in prompts for _ in range(config.n)]
     samples: list[Sample] = []
     for start in range(0, len(queries), config.batch_size):
-        query, query_mask = pad_left(queries[start : start + config.batch_size], tokenizer.pad_token_id)
+        query, query_mask = pad_left(queries[start : start + config.batch_size], tokenizer.pad_token_id, device)
         response, response_mask, has_eos = sample_responses(model, tokenizer, query, query_mask, config)
         logprobs, _ = forward_response(model, query, query_mask, response, response_mask, max(config.temperature, 1e-6))
         texts = decode_responses(tokenizer, response, response_mask)
+        totals = (logprobs.float() * response_mask).sum(1).tolist()
+        lengths, finished = response_mask.sum(1).tolist(), has_eos.tolist()
         for i, text in enumerate(texts):
-            samples.append(
-                Sample(text, float((logprobs[i] * response_mask[i]).sum()), int(response_mask[i].sum()), bool(has_eos[i]))
-            )
+            samples.append(Sample(text, float(totals[i]), int(lengths[i]), bool(finished[i])))
     return [samples[i * config.n : (i + 1) * config.n] for i in range(len(prompts))]
 
 

@@ -6,7 +6,10 @@ written out here, in the order it happens:
 
  1. prompts sampled from a seeded generator; replies sampled with a KV cache
     (generation.sample_responses) at `temperature`, top-k off;
- 2. log-probs of policy and reference from one forward pass with logits / temperature;
+ 2. log-probs of policy and reference from one forward pass with logits / temperature
+    (the LM head on the reply's positions only); the policy's and value model's forwards
+    of the first update minibatch run here with gradients and are reused by that
+    minibatch, so they run once, not twice, at the same parameters;
  3. a reply ends at its first EOS; tokens after it are padding and get no reward;
     a reply with no EOS gets score `missing_eos_penalty` instead of the reward model's (EOS trick);
  4. the reward model scores the decoded text (its own tokenizer), calibrated to mean 0 / std 1;
@@ -40,6 +43,11 @@ Devices. The trainer works on the device of the policy's parameters (the caller 
 models); with `bf16` (None: on for GPUs that support it) forward passes run under bf16
 autocast while weights, optimiser state and the loss arithmetic stay float32.
 
+Speed (bench/ppo_bench.py, bench/results/ppo_speed.md): fused AdamW (one kernel per
+parameter; the same update), GPT-2's tanh-GELU as one kernel (activations.GELUTanh, the
+same function as NewGELUActivation up to rounding), and the reuse of the first
+minibatch's forwards described in 2.
+
 `state_dict()` holds everything to resume: policy, value model, both optimisers, the KL
 controller, the step, and the torch / python RNG states.
 """
@@ -54,6 +62,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from transformers.activations import GELUTanh, NewGELUActivation
 
 from . import distributed
 from .adapters import adapters_disabled, has_adapters
@@ -160,6 +169,26 @@ class Rollout:
     generation_seconds: float = 0.0
 
 
+def adamw(parameters, lr: float, eps: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; the fused kernel where torch has one (CPU, CUDA)."""
+    params = [p for p in parameters if p.requires_grad]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=lr, eps=eps, fused=fused or None)
+
+
+def fuse_gelu(model: nn.Module) -> int:
+    """Swap transformers' NewGELUActivation (GPT-2's gelu_new: tanh-GELU written as ~8 elementwise
+    ops) for GELUTanh (torch's gelu(approximate="tanh"), one kernel forward and one backward):
+    the same function, equal up to float rounding. Returns how many modules were swapped."""
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, GELUTanh())
+                swapped += 1
+    return swapped
+
+
 def row_generator(seed: int, step: int, row: int, device: torch.device) -> torch.Generator:
     """The sampling generator of one rollout row: the same for any number of processes."""
     generator = torch.Generator(device=device)
@@ -210,6 +239,7 @@ class PPOTrainer:
         for model in (policy, ref_policy, value_model):
             if model is not None:
                 disable_dropout(model)
+                fuse_gelu(model)
         if ref_policy is not None:
             ref_policy.eval()
             for p in ref_policy.parameters():
@@ -219,8 +249,9 @@ class PPOTrainer:
         torch.manual_seed(config.seed)
         self.prompt_rng = random.Random(config.seed)
         self.update_rng = torch.Generator().manual_seed(config.seed)
-        self.policy_optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr, eps=config.adam_eps)
-        self.value_optimizer = torch.optim.AdamW([p for p in value_model.parameters() if p.requires_grad], lr=config.value_lr, eps=config.adam_eps)
+        self.policy_optimizer = adamw(policy.parameters(), config.lr, config.adam_eps)
+        self.value_optimizer = adamw(value_model.parameters(), config.value_lr, config.adam_eps)
+        self._first_pass = None  # (local rows, new log-probs, logits, new values) of the first update minibatch
         self.kl_controller = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         self.step_count = 0
         self.history: list[dict] = []
@@ -234,7 +265,10 @@ class PPOTrainer:
         return rows, [batch[i] for i in rows]
 
     @torch.no_grad()
-    def rollout(self) -> Rollout:
+    def rollout(self, first_minibatch: list[int] | None = None) -> Rollout:
+        """One rollout batch. `first_minibatch` (global rows, in the order of the first update
+        minibatch): this rank's rows of it get their policy and value forwards with
+        gradients, kept in self._first_pass for that minibatch to reuse."""
         config, tokenizer, device = self.config, self.tokenizer, self.device
         rows, prompts = self._prompt_batch()
         queries = [tokenize_prompt(tokenizer, messages, config.max_prompt_tokens) for messages in prompts]
@@ -249,10 +283,11 @@ class PPOTrainer:
             )
         response, mask, has_eos = truncate_after_eos(sampled, tokenizer.eos_token_id, tokenizer.pad_token_id)
         generation_seconds = time.perf_counter() - started
+        local_index = {row: i for i, row in enumerate(rows)}
+        keep = [local_index[row] for row in (first_minibatch or []) if row in local_index]
         with autocast(device, self.bf16):
-            logprobs, _ = forward_response(self.policy, query, query_mask, response, mask, config.temperature)
+            logprobs, values = self._policy_and_values(query, query_mask, response, mask, keep)
             ref_logprobs = self._reference_logprobs(query, query_mask, response, mask)
-            values = self.value_model(query, query_mask, response, mask)
         scores = self.reward_fn(prompts, decode_responses(tokenizer, response, mask)).float().to(device)
         if config.missing_eos_penalty is not None:
             scores = torch.where(has_eos, scores, torch.full_like(scores, config.missing_eos_penalty))
@@ -268,6 +303,29 @@ class PPOTrainer:
             return forward_response(self.ref_policy, query, query_mask, response, mask, self.config.temperature)[0]
         with adapters_disabled(self.policy):
             return forward_response(self.policy, query, query_mask, response, mask, self.config.temperature)[0]
+
+    def _policy_and_values(self, query, query_mask, response, mask, keep: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Old log-probs and values of every row; rows `keep` with gradients (see rollout)."""
+        temperature = self.config.temperature
+        self._first_pass = None
+        if not keep:
+            logprobs, _ = forward_response(self.policy, query, query_mask, response, mask, temperature)
+            return logprobs, self.value_model(query, query_mask, response, mask)
+        kept = torch.tensor(keep, device=query.device)
+        with torch.enable_grad():
+            new_logprobs, logits = forward_response(self.policy, query[kept], query_mask[kept], response[kept], mask[kept], temperature)
+            new_values = self.value_model(query[kept], query_mask[kept], response[kept], mask[kept])
+        self._first_pass = (keep, new_logprobs, logits, new_values)
+        if len(keep) == query.shape[0]:
+            order = torch.argsort(kept)  # back to row order
+            return new_logprobs.detach()[order], new_values.detach()[order]
+        logprobs = torch.empty(response.shape, dtype=new_logprobs.dtype, device=query.device)
+        values = torch.empty(response.shape, dtype=new_values.dtype, device=query.device)
+        logprobs[kept], values[kept] = new_logprobs.detach(), new_values.detach()
+        rest = torch.tensor([i for i in range(query.shape[0]) if i not in set(keep)], device=query.device)
+        logprobs[rest], _ = forward_response(self.policy, query[rest], query_mask[rest], response[rest], mask[rest], temperature)
+        values[rest] = self.value_model(query[rest], query_mask[rest], response[rest], mask[rest]).to(values.dtype)
+        return logprobs, values
 
     def token_rewards(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-token rewards, per-token KL used in the penalty)."""
@@ -296,7 +354,10 @@ class PPOTrainer:
         config = self.config
         self.hooks.check_cancelled()
         started = time.perf_counter()
-        rollout = self.rollout()
+        batch = config.rollout_batch_size
+        # update_rng serves only these permutations, so drawing them first changes nothing
+        orders = [torch.randperm(batch, generator=self.update_rng).tolist() for _ in range(config.ppo_epochs)]
+        rollout = self.rollout(orders[0][: config.minibatch_size] if orders else None)
         rollout_seconds = time.perf_counter() - started
         rewards, kl = self.token_rewards(rollout)
         advantages, returns = generalized_advantage_estimation(rewards, rollout.values, rollout.mask, config.gamma, config.lam)
@@ -310,9 +371,7 @@ class PPOTrainer:
         keys = ("policy_loss", "value_loss", "clipfrac", "approx_kl", "value_clipfrac", "entropy")
         totals = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
         n_minibatches = 0
-        batch = config.rollout_batch_size
-        for _ in range(config.ppo_epochs):
-            order = torch.randperm(batch, generator=self.update_rng).tolist()
+        for epoch, order in enumerate(orders):
             for start in range(0, batch, config.minibatch_size):
                 minibatch = order[start : start + config.minibatch_size]
                 global_tokens = float(row_tokens[minibatch].sum().clamp(min=1))
@@ -324,12 +383,21 @@ class PPOTrainer:
                     mask = rollout.mask[idx]
                     share = float(mask.sum()) / global_tokens  # this rank's part of the minibatch mean
                     query, query_mask, response = rollout.query[idx], rollout.query_mask[idx], rollout.response[idx]
-                    with autocast(self.device, self.bf16):
-                        new_logprobs, logits = forward_response(self.policy, query, query_mask, response, mask.long(), config.temperature)
+                    first_pass = self._first_pass if epoch == 0 and start == 0 else None
+                    if first_pass is not None and first_pass[0] == mine:  # computed in the rollout at these parameters
+                        new_logprobs, logits, reused_values = first_pass[1:]
+                        self._first_pass = None
+                    else:
+                        reused_values = None
+                        with autocast(self.device, self.bf16):
+                            new_logprobs, logits = forward_response(self.policy, query, query_mask, response, mask.long(), config.temperature)
                     policy_loss, policy_stats = clipped_policy_loss(new_logprobs.float(), rollout.logprobs[idx], advantages[idx], mask, config.clip_range)
                     (policy_loss * share).backward()
-                    with autocast(self.device, self.bf16):
-                        new_values = self.value_model(query, query_mask, response, mask.long())
+                    if reused_values is not None:
+                        new_values = reused_values
+                    else:
+                        with autocast(self.device, self.bf16):
+                            new_values = self.value_model(query, query_mask, response, mask.long())
                     value_loss, value_stats = clipped_value_loss(new_values, rollout.values[idx], returns[idx], mask, config.clip_range_value)
                     (value_loss * share).backward()
                     with torch.no_grad():
@@ -345,6 +413,7 @@ class PPOTrainer:
                 self.policy_optimizer.step()
                 self.value_optimizer.step()
                 n_minibatches += 1
+        self._first_pass = None
         update = dict(zip(keys, (v / max(n_minibatches, 1) for v in distributed.all_reduce_sum(totals.cpu()).tolist())))
 
         self.step_count += 1
