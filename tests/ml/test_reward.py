@@ -1,12 +1,22 @@
 """Reward model: learns a rule, shared prefix = concatenation, save/load, calibration, encoders."""
 
+import math
+
 import pytest
 import torch
 from transformers import BertConfig, BertModel
 
 from training.ml.data import build_examples, split_by_prompt
 from training.ml.hooks import TrainerHooks, TrainingCancelled
-from training.ml.reward import RewardTrainingConfig, collate, tokenize_examples, train_reward_model
+from training.ml.reward import (
+    RewardTrainingConfig,
+    auto_epochs,
+    collate,
+    early_stopping_split,
+    evaluate,
+    tokenize_examples,
+    train_reward_model,
+)
 from training.ml.reward_model import RewardModel, RewardScorer
 from training.ml.synthetic import preference_judgements
 
@@ -59,7 +69,7 @@ def test_save_and_load_round_trip_gives_identical_rewards(tiny_policy_dir, tmp_p
     torch.manual_seed(0)
     model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
     train, val = examples(60)
-    train_reward_model(model, tokenizer, train, val, RewardTrainingConfig(lr=1e-3, batch_size=16))
+    train_reward_model(model, tokenizer, train, val, RewardTrainingConfig(lr=1e-3, epochs=1, batch_size=16))
     model.save_pretrained(tmp_path / "rm", tokenizer)
     loaded, loaded_tokenizer = RewardModel.from_pretrained(tmp_path / "rm")
     prompts = [e.messages for e in val]
@@ -119,8 +129,46 @@ def test_gradient_accumulation_matches_one_large_batch(tiny_policy_dir):
     for batch_size, accumulation in ((16, 1), (8, 2)):
         torch.manual_seed(0)
         model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
-        config = RewardTrainingConfig(lr=1e-3, batch_size=batch_size, grad_accum=accumulation, group_by_length=False)
+        config = RewardTrainingConfig(lr=1e-3, epochs=1, batch_size=batch_size, grad_accum=accumulation, group_by_length=False)
         results.append(train_reward_model(model, tokenizer, train, val, config))
     one, accumulated = results
     assert one["steps"] == accumulated["steps"]
     assert accumulated["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
+
+
+def test_epochs_follow_the_data_size():
+    config = RewardTrainingConfig()  # about 300 steps of 8 examples, 1 to 4 epochs
+    assert auto_epochs(100, config) == config.max_epochs
+    assert auto_epochs(800, config) == 3
+    assert auto_epochs(100_000, config) == 1
+    assert auto_epochs(800, RewardTrainingConfig(batch_size=4, grad_accum=2)) == 3  # steps count whole batches
+
+
+def test_early_stopping_split_is_by_prompt_and_only_with_enough_data():
+    train, _ = examples(600, k=2)
+    fit, held = early_stopping_split(train, RewardTrainingConfig())
+    assert len(fit) + len(held) == len(train) and 0.05 < len(held) / len(train) < 0.15
+    assert not {e.prompt_id for e in fit} & {e.prompt_id for e in held}
+    few = train[:100]
+    assert early_stopping_split(few, RewardTrainingConfig()) == (few, [])
+    assert early_stopping_split(train, RewardTrainingConfig(early_stopping_fraction=0)) == (train, [])
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tiny_policy_dir):
+    """A rate far too high over-fits fast: training stops early and ends with the best weights."""
+    torch.manual_seed(0)
+    model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    train, val = examples(300)
+    config = RewardTrainingConfig(lr=3e-3, epochs=6, batch_size=16, patience=2, seed=0)
+    progress = []
+    metrics = train_reward_model(model, tokenizer, train, val, config, hooks=TrainerHooks(on_progress=progress.append))
+    _, held = early_stopping_split(train, config)
+    assert metrics["early_stopping_examples"] == len(held) > 0 and metrics["train_examples"] == len(train) - len(held)
+    es_losses = [p["es_loss"] for p in progress if "es_loss" in p and "steps" not in p]
+    assert metrics["es_loss"] == min(es_losses)
+    assert 1 <= metrics["best_step"] <= metrics["steps"]
+    if metrics["stopped_early"]:
+        assert metrics["steps"] < 6 * math.ceil(metrics["train_examples"] / 16) and es_losses[-1] > metrics["es_loss"]
+    # the weights at the end are those of the best evaluation (calibration does not move raw rewards)
+    again = evaluate(model, tokenize_examples(held, tokenizer, config), tokenizer.pad_token_id, config)
+    assert again["val_loss"] == pytest.approx(metrics["es_loss"], rel=1e-5)
