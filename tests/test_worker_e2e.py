@@ -38,6 +38,9 @@ from .worker import WorkerProcess, database_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
+# These projects hold a few dozen judgements (to keep the tests quick); the minimum-count gate
+# (default 50) is tested in test_training_jobs.py, the binomial test still applies here.
+SMALL_DATA = 20
 LOOP_PPO = {"steps": 25, "rollout_batch_size": 32, "minibatch_size": 16, "ppo_epochs": 4, "lr": 1e-3, "value_lr": 1e-3,
             "max_new_tokens": 6, "temperature": 1.0, "kl_coef": 0.05, "missing_eos_penalty": None}
 SAMPLING = {"temperature": 1.0, "max_new_tokens": 6}
@@ -157,6 +160,7 @@ def test_closed_loop_improves_the_policy_on_the_hidden_rule(loop_env, admin_user
     rules = services.training_settings_for(project)
     rules.ppo_config, rules.sampling_config, rules.generate_prompts = LOOP_PPO, SAMPLING, 60
     rules.reward_config = {"lr": 1e-3, "epochs": 5, "batch_size": 8}
+    rules.reward_min_judgements = SMALL_DATA  # the other gates still apply
     rules.save()
     annotators = [create_annotator(username=f"sim{i}", password="x") for i in range(3)]
     first_round = judge_queue(project, annotators)
@@ -195,12 +199,12 @@ def test_closed_loop_improves_the_policy_on_the_hidden_rule(loop_env, admin_user
 def test_sigkill_mid_run_leaves_run_failed_and_nothing_promoted(loop_env, settings):
     project = Project.objects.create(name="sigkill", overlap_k=1, gold_rate=0)
     rng = random.Random(3)
-    lines = [{"prompt": prompt_text(rng), "chosen": "sure " + prompt_text(rng), "rejected": "no " + prompt_text(rng)} for _ in range(60)]
+    lines = [{"prompt": prompt_text(rng), "chosen": "sure " + prompt_text(rng), "rejected": "no " + prompt_text(rng)} for _ in range(120)]
     from .conftest import import_items
 
     import_items(project, lines, fmt="trl", with_labels=True)
     rules = services.training_settings_for(project)
-    rules.reward_config = {"lr": 1e-3, "epochs": 2, "batch_size": 8}
+    rules.reward_config = {"lr": 1e-3, "epochs": 3, "batch_size": 8}
     rules.ppo_config = {**LOOP_PPO, "steps": 100000}
     rules.save()
     reward = services.start_run(project=project, kind="reward", enqueue=False)
@@ -227,7 +231,9 @@ def test_sigkill_mid_run_leaves_run_failed_and_nothing_promoted(loop_env, settin
     retry = services.start_run(project=project, kind="ppo")
     retry = wait_for(retry.pk, {RunStatus.SUCCEEDED, RunStatus.FAILED}, timeout=300, worker=fresh)
     assert retry.status == RunStatus.SUCCEEDED, retry.error
-    assert ModelVersion.objects.get(project=project, kind="policy", status="active").produced_by_id == retry.pk
+    # 2 steps rarely beat the reference on held-out prompts: registered, promoted only if the gate says so
+    policy = ModelVersion.objects.get(project=project, kind="policy")
+    assert policy.produced_by_id == retry.pk and "held-out prompts" in policy.promotion_note
 
 
 @pytest.mark.browser
@@ -239,9 +245,10 @@ def test_dashboard_starts_a_reward_run_and_shows_progress_version_and_chart(loop
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # ORM calls beside playwright's event loop
     project = Project.objects.create(name="dashboard", overlap_k=1, gold_rate=0)
     rng = random.Random(5)
-    import_items(project, [{"prompt": prompt_text(rng), "chosen": "sure " + prompt_text(rng), "rejected": "no " + prompt_text(rng)} for _ in range(60)], fmt="trl", with_labels=True)
+    import_items(project, [{"prompt": prompt_text(rng), "chosen": "sure " + prompt_text(rng), "rejected": "no " + prompt_text(rng)} for _ in range(120)], fmt="trl", with_labels=True)
     rules = services.training_settings_for(project)
     rules.reward_config = {"lr": 1e-3, "epochs": 4, "batch_size": 8}
+    rules.reward_min_judgements = SMALL_DATA
     rules.save()
     create_annotator(username="boss", password="boss-secret-pass", is_admin=True)
     worker = loop_env["start_worker"]()
