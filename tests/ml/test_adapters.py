@@ -315,7 +315,7 @@ def test_reward_model_with_lora_learns_the_synthetic_rule(llama_dir):
     assert not metrics["shared_prefix"]  # it trained with checkpointing, so concatenated
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_reward_model_scores_and_trains_on_the_gpu(llama_dir):
     """CPU-built batches follow the model to its device; GPU rewards equal CPU rewards."""
     train, val = rm_examples(16)
