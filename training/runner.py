@@ -42,7 +42,7 @@ from . import launcher, selectors, services
 from .exceptions import TrainingFailed
 from .defaults import default_policy_dir, reward_backbone_dir
 from .models import ModelVersion, RunKind, RunStatus, TrainingRun, VersionKind
-from .ml.adapters import AdapterConfig, prepare_model
+from .ml.adapters import AdapterConfig, has_adapters, prepare_model
 from .ml.checkpoint import load_policy, save_policy
 from .ml.data import build_examples, split_by_prompt
 from .ml.device import describe, free_memory, prepare, resolve_device
@@ -319,8 +319,10 @@ def _head_to_head(policy, tokenizer, reference_path: Path, reward_version: Model
     if not prompts:
         return {}
     reporter.log(f"comparing the new policy with its reference on {len(prompts)} held-out prompts")
-    reference, _ = load_policy(reference_path)
-    reference.to(device)
+    reference = None  # with LoRA: the policy with its adapters off
+    if not has_adapters(policy):
+        reference, _ = load_policy(reference_path)
+        reference.to(device)
     scorer = RewardScorer(*_on(device, RewardModel.from_pretrained(reward_version.artifact_path)))
     sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, max_prompt_tokens=config.max_prompt_tokens)
     result = compare_policies(policy, reference, tokenizer, scorer, prompts, sampling, seed=config.seed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .adapters import adapters_disabled
 from .generation import SamplingConfig, generate
 from .significance import binomial_p_value
 
@@ -22,14 +23,16 @@ def compare_policies(candidate, reference, tokenizer, score, prompts: list[list[
     """Head-to-head of two policies sharing a tokenizer on `prompts`, judged by `score`.
 
     score(conversations, texts) -> calibrated rewards (a RewardScorer). Both policies
-    sample with the same seed. Returns wins / losses / ties of the candidate, the sign
+    sample with the same seed. reference=None: the candidate with its LoRA adapters off
+    (the base it was trained from), so no second copy of the weights is loaded. Returns wins / losses / ties of the candidate, the sign
     test's one-sided p-value, and the mean rewards.
     """
     sampling = SamplingConfig(**{**sampling.__dict__, "n": 1})
     torch.manual_seed(seed)
     new_texts = [options[0].text for options in generate(candidate, tokenizer, prompts, sampling)]
     torch.manual_seed(seed)
-    old_texts = [options[0].text for options in generate(reference, tokenizer, prompts, sampling)]
+    with adapters_disabled(candidate if reference is None else reference) as model:
+        old_texts = [options[0].text for options in generate(model, tokenizer, prompts, sampling)]
     new_rewards = score(prompts, new_texts).float().cpu()
     old_rewards = score(prompts, old_texts).float().cpu()
     difference = new_rewards - old_rewards
