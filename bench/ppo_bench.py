@@ -150,7 +150,7 @@ def instrument(trainer: PPOTrainer, timer: PhaseTimer) -> None:
     charged to the model whose grad-enabled forward ran last (ppo.py runs each model's
     backward right after its forward); clipping and both AdamW steps are `update_optimizer`.
     """
-    policy, ref_policy, value_model = trainer.policy, trainer.ref_policy, trainer.value_model
+    ref_policy, value_model = trainer.ref_policy, trainer.value_model
     last_forward = ["policy"]
 
     def timed(function, phase_of):

@@ -179,9 +179,10 @@ if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", TRAINING_DEVICE):
     raise ImproperlyConfigured(f"TRAINING_DEVICE must be auto, cpu, cuda or cuda:N, not {TRAINING_DEVICE!r}")
 # Processes per training stage: above 1 the worker runs reward, SFT and PPO under
 # `torchrun --nproc_per_node=N` (one rank per GPU, or N CPU processes with gloo).
-TRAINING_PROCESSES = int(os.environ.get("TRAINING_PROCESSES", "1"))
-if not 1 <= TRAINING_PROCESSES <= 64:
-    raise ImproperlyConfigured("TRAINING_PROCESSES must be between 1 and 64")
+_processes = os.environ.get("TRAINING_PROCESSES", "1").strip()
+if not _processes.isdigit() or not 1 <= int(_processes) <= 64:
+    raise ImproperlyConfigured(f"TRAINING_PROCESSES must be a whole number from 1 to 64, not {_processes!r}")
+TRAINING_PROCESSES = int(_processes)
 
 # Celery: Redis when configured, else a broker that needs no server (the demo).
 REDIS_URL = os.environ.get("REDIS_URL", "")

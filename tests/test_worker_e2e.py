@@ -265,12 +265,17 @@ def test_dashboard_starts_a_reward_run_and_shows_progress_version_and_chart(loop
         page.wait_for_selector("#dashboard")
         page.click("#start-reward")
         page.wait_for_selector("#runs tr.run td >> text=reward")
-        seen_progress = set()
+        seen_progress, seen_eta = set(), []
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             bar = page.locator("#runs progress.run-progress").first
             if bar.count():
                 seen_progress.add(int(bar.get_attribute("value") or 0))
+            eta = page.locator("#runs .run-eta").first
+            if eta.count() and not seen_eta:
+                seen_eta.append(eta.text_content())
+                if os.environ.get("SCREENSHOT_DIR"):
+                    page.screenshot(path=os.path.join(os.environ["SCREENSHOT_DIR"], "dashboard-running.png"), full_page=True)
             if page.locator("#runs tr.run-succeeded").count():
                 break
             if page.locator("#runs tr.run-failed").count():
@@ -283,5 +288,7 @@ def test_dashboard_starts_a_reward_run_and_shows_progress_version_and_chart(loop
             page.screenshot(path=os.path.join(os.environ["SCREENSHOT_DIR"], "dashboard.png"), full_page=True)
         browser.close()
     assert max(seen_progress) == 100
+    # an ETA is shown while the run is going, unless it finished between two polls
+    assert all(text.startswith(" · about ") and text.endswith(" left") for text in seen_eta), seen_eta
     assert not errors, errors
     assert ModelVersion.objects.get(project=project, kind="reward").status == "active"

@@ -223,7 +223,7 @@ def stage_reward(run: TrainingRun, reporter: RunReporter) -> dict:
         model, tokenizer = RewardModel.from_backbone(reward_backbone_dir(), adapters=adapters)
         model.to(device)
         metrics = train_reward_model(model, tokenizer, train, val, config, hooks=reporter.hooks())
-        metrics.pop("config", None)
+        metrics.pop("config", None)  # not part of the saved model's metrics
         model.save_pretrained(path, tokenizer, extra={"metrics": metrics}, mode=adapters.save)
         del model
     metrics.pop("config", None)
@@ -252,10 +252,9 @@ def split_eval_prompts(prompts: list[list[dict]], wanted: int) -> tuple[list[lis
     """(training prompts, held-out evaluation prompts): a stable choice by content hash, at
     most a quarter of the prompts held out, so PPO keeps most of them."""
     n_eval = min(wanted, len(prompts) // 4)
-    keyed = sorted(prompts, key=lambda messages: hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest())
-    held_out = keyed[:n_eval]
-    held_keys = {json.dumps(m, sort_keys=True) for m in held_out}
-    return [m for m in prompts if json.dumps(m, sort_keys=True) not in held_keys], held_out
+    digests = [hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest() for messages in prompts]
+    held = set(sorted(range(len(prompts)), key=digests.__getitem__)[:n_eval])
+    return [m for i, m in enumerate(prompts) if i not in held], [prompts[i] for i in sorted(held, key=digests.__getitem__)]
 
 
 def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:

@@ -47,10 +47,15 @@ def test_auto_is_the_cpu_without_a_gpu_and_cuda_is_refused_clearly():
     assert devices.use_bf16(torch.device("cpu"), True)
 
 
-def test_a_bad_training_device_setting_stops_the_process_at_start():
-    env = {**os.environ, "TRAINING_DEVICE": "gpu0", "DJANGO_SETTINGS_MODULE": "feedback_site.settings"}
+@pytest.mark.parametrize("name, value, message", [
+    ("TRAINING_DEVICE", "gpu0", "TRAINING_DEVICE must be auto, cpu, cuda or cuda:N"),
+    ("TRAINING_PROCESSES", "two", "TRAINING_PROCESSES must be a whole number from 1 to 64, not 'two'"),
+    ("TRAINING_PROCESSES", "0", "TRAINING_PROCESSES must be a whole number from 1 to 64"),
+])
+def test_a_bad_training_setting_stops_the_process_at_start_with_the_reason(name, value, message):
+    env = {**os.environ, name: value, "DJANGO_SETTINGS_MODULE": "feedback_site.settings"}
     result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode != 0 and "TRAINING_DEVICE must be auto, cpu, cuda or cuda:N" in result.stderr
+    assert result.returncode != 0 and message in result.stderr
 
 
 def test_to_device_moves_nested_batches():
