@@ -216,6 +216,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, help="cut every prompt to exactly this many tokens (issue7: 256)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--dump", help="write (or reuse) the policy, reward model and prompts here")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (float32 weights), as on a GPU; CPUs with AVX512-BF16 or AMX run it fast")
     parser.add_argument("--profile", help="write a torch.profiler table of one step to this file")
     args = parser.parse_args()
     shape = dict(SHAPES[args.shape])
@@ -236,7 +237,7 @@ def main() -> None:
     config = PPOConfig(
         steps=args.steps + 1, rollout_batch_size=shape["batch"], minibatch_size=shape["minibatch"], ppo_epochs=shape["ppo_epochs"],
         max_new_tokens=shape["max_new_tokens"], max_prompt_tokens=max_prompt_tokens, temperature=args.temperature,
-        missing_eos_penalty=-1.0,
+        missing_eos_penalty=-1.0, bf16=args.bf16,
     )
     trainer = PPOTrainer(policy, ref_policy, value_model, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config)
     timer = PhaseTimer()
@@ -267,6 +268,7 @@ def main() -> None:
         "trainer": "ours",
         "shape": args.shape,
         "threads": args.threads,
+        "bf16": args.bf16,
         "batch": config.rollout_batch_size,
         "minibatch": config.minibatch_size,
         "ppo_epochs": config.ppo_epochs,

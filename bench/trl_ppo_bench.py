@@ -194,7 +194,7 @@ def check_reward_model(model, checks: list[dict]) -> float:
     return worst
 
 
-def load_ours(root: Path, index: int, data: Path):
+def load_ours(root: Path, index: int, data: Path, bf16: bool = False):
     """Our PPOTrainer from the checkout at `root`, configured as ppo_bench.py --shape issue7."""
     name = f"ours{index}_training"
     spec = importlib.util.spec_from_file_location(name, root / "training" / "__init__.py", submodule_search_locations=[str(root / "training")])
@@ -211,7 +211,7 @@ def load_ours(root: Path, index: int, data: Path):
     reward_model, reward_tokenizer = reward.RewardModel.from_pretrained(data / "reward")
     config = ppo.PPOConfig(
         steps=10**6, rollout_batch_size=8, minibatch_size=8, ppo_epochs=4, max_new_tokens=32,
-        max_prompt_tokens=prompts["max_prompt_tokens"], temperature=1.0, missing_eos_penalty=-1.0,
+        max_prompt_tokens=prompts["max_prompt_tokens"], temperature=1.0, missing_eos_penalty=-1.0, bf16=bf16,
     )
     return ppo.PPOTrainer(policy, ref_policy, value_model, tokenizer, reward.RewardScorer(reward_model, reward_tokenizer), prompts["messages"], config)
 
@@ -250,6 +250,7 @@ def main() -> None:
     parser.add_argument("--ppo-epochs", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (TRL's own default is bf16=True; float32 weights)")
     parser.add_argument("--ours", action="append", default=[], help="also step our trainer from this checkout (repeatable)")
     args = parser.parse_args()
 
@@ -298,7 +299,7 @@ def main() -> None:
             adam_epsilon=1e-5,
             weight_decay=0.01,
             gradient_checkpointing=False,
-            bf16=False,
+            bf16=args.bf16,
             fp16=False,
             use_cpu=True,
             num_sample_generations=0,
@@ -319,7 +320,7 @@ def main() -> None:
         trainer.add_callback(clock)
         phases = Phases()
         instrument(trainer, phases, clock)
-        ours = OursInBetween([load_ours(Path(root).resolve(), i, data) for i, root in enumerate(args.ours)], clock)
+        ours = OursInBetween([load_ours(Path(root).resolve(), i, data, args.bf16) for i, root in enumerate(args.ours)], clock)
         if args.ours:
             trainer.add_callback(ours)
         trainer.train()
@@ -344,6 +345,7 @@ def main() -> None:
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
         "threads": args.threads,
+        "bf16": args.bf16,
         "batch": args.batch,
         "minibatch": args.batch,
         "ppo_epochs": args.ppo_epochs,

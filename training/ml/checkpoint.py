@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.utils import logging as hf_logging
 
 from . import adapters
@@ -60,6 +61,19 @@ def match_embeddings(model, tokenizer) -> None:
                     if bias is not None and bias.shape[0] > old:
                         bias[old:] = bias[:old].mean()
     model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def fuse_gelu(model: torch.nn.Module) -> int:
+    """Swap transformers' NewGELUActivation (GPT-2's gelu_new: tanh-GELU written as ~8 elementwise
+    ops) for GELUTanh (torch's gelu(approximate="tanh"), one kernel forward and one backward):
+    the same function, equal up to float rounding. Returns how many modules were swapped."""
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, GELUTanh())
+                swapped += 1
+    return swapped
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

@@ -23,6 +23,7 @@ import torch
 from .device import model_device
 from .losses import logprobs_from_logits
 from .sampling import sample_with_generators
+from .tail import last_layer_tail
 from .text import tokenize_prompt
 
 
@@ -71,19 +72,31 @@ def truncate_after_eos(response: torch.Tensor, eos_id: int, pad_id: int) -> tupl
     return torch.where(mask.bool(), response, torch.full_like(response, pad_id)), mask, has_eos
 
 
-_KEEPS_LOGITS: dict[type, bool] = {}
+_ACCEPTS: dict[tuple[type, str], bool] = {}
 
 
-def accepts_logits_to_keep(model) -> bool:
-    """Whether model.forward takes transformers' `logits_to_keep` (explicitly or through **kwargs)."""
-    cls = type(model)
-    if cls not in _KEEPS_LOGITS:
+def accepts(model, name: str, *, through_kwargs: bool = False) -> bool:
+    """Whether model.forward takes the keyword `name` (or, with through_kwargs, any **kwargs)."""
+    key = (type(model), f"{name}/{through_kwargs}")
+    if key not in _ACCEPTS:
         try:
             parameters = inspect.signature(model.forward).parameters.values()
         except (TypeError, ValueError):
             parameters = []
-        _KEEPS_LOGITS[cls] = any(p.name == "logits_to_keep" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-    return _KEEPS_LOGITS[cls]
+        _ACCEPTS[key] = any(p.name == name or (through_kwargs and p.kind is inspect.Parameter.VAR_KEYWORD) for p in parameters)
+    if not _ACCEPTS[key] and hasattr(model, "get_base_model"):  # a peft wrapper passes its **kwargs on to the model it wraps
+        return accepts(model.get_base_model(), name, through_kwargs=through_kwargs)
+    return _ACCEPTS[key]
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether model.forward takes transformers' `logits_to_keep` (explicitly or through **kwargs)."""
+    return accepts(model, "logits_to_keep", through_kwargs=True)
+
+
+def no_cache(model) -> dict:
+    """{"use_cache": False} where the model takes it: a training forward needs no KV cache (building one costs a copy of every key and value)."""
+    return {"use_cache": False} if accepts(model, "use_cache") else {}
 
 
 def response_logits(model, query, query_mask, response, response_mask) -> torch.Tensor:
@@ -91,13 +104,17 @@ def response_logits(model, query, query_mask, response, response_mask) -> torch.
 
     The LM head runs on the last T + 1 positions only (`logits_to_keep`) when the model
     supports it; a model that ignores it returns all positions, and the same slice of
-    those is taken. Either way the result equals the full forward's logits[:, Q-1:-1].
+    those is taken. The last block, too, runs at those positions only where
+    tail.last_layer_tail applies (GPT-2). Either way the result equals the full forward's
+    logits[:, Q-1:-1] up to float rounding.
     """
     ids = torch.cat([query, response], 1)
     mask = torch.cat([query_mask, response_mask], 1)
-    kwargs = {"logits_to_keep": response.shape[1] + 1} if accepts_logits_to_keep(model) else {}
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), **kwargs).logits
-    return logits[:, -(response.shape[1] + 1) : -1]
+    keep = response.shape[1] + 1
+    kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
+    with last_layer_tail(model, keep):  # the last block at these positions only (tail.py)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), **no_cache(model), **kwargs).logits
+    return logits[:, -keep:-1]
 
 
 def forward_response(model, query, query_mask, response, response_mask, temperature: float):

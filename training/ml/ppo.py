@@ -62,13 +62,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from transformers.activations import GELUTanh, NewGELUActivation
 
 from . import distributed
 from .adapters import adapters_disabled, has_adapters
-from .checkpoint import disable_dropout, load_backbone, save_state_atomically
+from .checkpoint import disable_dropout, fuse_gelu, load_backbone, save_state_atomically
 from .device import autocast, model_device, use_bf16
-from .generation import decode_responses, forward_response, pad_left, position_ids, truncate_after_eos
+from .generation import decode_responses, forward_response, no_cache, pad_left, position_ids, truncate_after_eos
 from .hooks import NO_HOOKS, TrainerHooks
 from .losses import (
     AdaptiveKLController,
@@ -81,6 +80,7 @@ from .losses import (
     masked_mean,
 )
 from .sampling import sample_with_generators
+from .tail import last_layer_tail
 from .text import tokenize_prompt
 
 RewardFn = Callable[[list[list[dict]], list[str]], torch.Tensor]
@@ -147,7 +147,8 @@ class ValueModel(nn.Module):
         """V(s_t) for each response token t: the state before token t was sampled."""
         ids = torch.cat([query, response], 1)
         mask = torch.cat([query_mask, response_mask], 1)
-        hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
+        with last_layer_tail(self.backbone, response.shape[1] + 1):  # only these positions are read (tail.py)
+            hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), **no_cache(self.backbone)).last_hidden_state
         return self.head(hidden[:, query.shape[1] - 1 : -1]).squeeze(-1).float()
 
 
@@ -174,19 +175,6 @@ def adamw(parameters, lr: float, eps: float) -> torch.optim.AdamW:
     params = [p for p in parameters if p.requires_grad]
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.AdamW(params, lr=lr, eps=eps, fused=fused or None)
-
-
-def fuse_gelu(model: nn.Module) -> int:
-    """Swap transformers' NewGELUActivation (GPT-2's gelu_new: tanh-GELU written as ~8 elementwise
-    ops) for GELUTanh (torch's gelu(approximate="tanh"), one kernel forward and one backward):
-    the same function, equal up to float rounding. Returns how many modules were swapped."""
-    swapped = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, NewGELUActivation):
-                setattr(module, name, GELUTanh())
-                swapped += 1
-    return swapped
 
 
 def row_generator(seed: int, step: int, row: int, device: torch.device) -> torch.Generator:

@@ -33,8 +33,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from .adapters import AdapterConfig, default_save_mode, gradient_checkpointing_on, prepare_model, save_model
-from .checkpoint import load_backbone, write_atomically
+from .checkpoint import fuse_gelu, load_backbone, write_atomically
 from .device import model_device, to_device
+from .generation import no_cache
 from .text import tokenize_prompt, tokenize_reply
 
 # Backbones whose attention is causal, so a prompt's KV cache can be shared by its replies.
@@ -168,7 +169,7 @@ class RewardModel(nn.Module):
         return self._score_sequences(ids, mask)
 
     def _score_sequences(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = self.backbone(input_ids=ids, attention_mask=mask, **no_cache(self.backbone)).last_hidden_state
         last = mask.sum(1) - 1
         return self.head(hidden[torch.arange(ids.shape[0], device=ids.device), last]).squeeze(-1)
 
@@ -204,6 +205,7 @@ class RewardScorer:
         self._prompt = lambda messages: tokenize_prompt(tokenizer, messages, max_prompt_tokens)
         self._reply = lambda text: tokenize_reply(tokenizer, text, max_reply_tokens)
         self.batch_size = batch_size
+        fuse_gelu(model)  # the same function in one kernel (checkpoint.fuse_gelu)
         for p in model.parameters():
             p.requires_grad_(False)
 

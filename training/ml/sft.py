@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from . import distributed
 from .device import autocast, model_device, to_device, use_bf16
+from .generation import no_cache
 from .hooks import NO_HOOKS, TrainerHooks
 from .losses import warmup_cosine
 from .text import tokenize_prompt, tokenize_reply
@@ -66,7 +67,7 @@ def reply_token_loss_sum(model, ids, labels, mask, bf16: bool = False) -> tuple[
     device = model_device(model)
     ids, labels, mask = to_device((ids, labels, mask), device)
     with autocast(device, bf16):
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        logits = model(input_ids=ids, attention_mask=mask, **no_cache(model)).logits[:, :-1]
     targets = labels[:, 1:]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
     return loss, int((targets != IGNORE).sum())
