@@ -35,8 +35,10 @@ def test_value_head_starts_at_zero(tiny_policy_dir):
     assert value_model.head.weight.abs().sum() == 0 and value_model.head.bias.abs().sum() == 0
 
 
-def test_ppo_raises_the_reward_within_a_kl_bound(tiny_policy_dir):
-    run = trainer(tiny_policy_dir, steps=40)
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-autocast"])
+def test_ppo_raises_the_reward_within_a_kl_bound(tiny_policy_dir, bf16):
+    """Also with bf16 autocast on the CPU (run config `"bf16": true`; fast on CPUs with AVX512-BF16 or AMX)."""
+    run = trainer(tiny_policy_dir, steps=40, bf16=bf16)
     run.train()
     rewards = [h["reward_mean"] for h in run.history]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
