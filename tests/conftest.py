@@ -20,6 +20,17 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 SERVICE_SKIPS: list[str] = []
 
 
+def find_binary(name: str) -> str | None:
+    """A server binary on PATH or in Debian's versioned PostgreSQL folders (initdb, pg_ctl)."""
+    import glob
+
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -40,6 +51,8 @@ def pytest_collection_modifyitems(config, items):
     has_browser = os.path.exists(CHROMIUM) or shutil.which("chromium")
     has_redis = redis_reachable()
     has_gpu = torch.cuda.is_available()
+    has_nginx = find_binary("nginx") is not None
+    fault_binaries = [name for name in ("initdb", "pg_ctl", "postgres", "redis-server") if find_binary(name) is None]
     for item in items:
         if item.get_closest_marker("gpu") and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
@@ -50,6 +63,12 @@ def pytest_collection_modifyitems(config, items):
         if "postgres" in item.keywords and not on_postgres:
             item.add_marker(pytest.mark.skip(reason="needs PostgreSQL (DATABASE_URL); running on SQLite"))
             SERVICE_SKIPS.append(f"{item.nodeid}  [no PostgreSQL]")
+        if "nginx" in item.keywords and not has_nginx:
+            item.add_marker(pytest.mark.skip(reason="needs nginx (apt-get install nginx)"))
+            SERVICE_SKIPS.append(f"{item.nodeid}  [no nginx]")
+        if "faults" in item.keywords and fault_binaries:
+            item.add_marker(pytest.mark.skip(reason=f"needs the server binaries {', '.join(fault_binaries)}"))
+            SERVICE_SKIPS.append(f"{item.nodeid}  [no {', '.join(fault_binaries)}]")
         if "browser" in item.keywords and not has_browser:
             item.add_marker(pytest.mark.skip(reason=f"needs chromium at {CHROMIUM}"))
             SERVICE_SKIPS.append(f"{item.nodeid}  [no chromium]")
