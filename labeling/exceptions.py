@@ -52,6 +52,11 @@ class IdempotencyConflict(LabelingError):
     code = "idempotency_conflict"
 
 
+class ProjectInactive(LabelingError):
+    status_code = 409
+    code = "project_inactive"
+
+
 class ImportFailed(LabelingError):
     """An import was rejected as a whole; `errors` lists (line number, reason)."""
 

@@ -6,14 +6,26 @@ and strengths, and one idempotency key per annotator. Rules that need more than 
 (overlap k, lease expiry, gold mixing) live in services.py.
 """
 
+import unicodedata
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
 
+def validate_project_name(name: str) -> None:
+    """A project name is one line of visible text: no control characters, line breaks or surrogates."""
+    if not name or not name.strip():
+        raise ValidationError("must not be empty or only spaces")
+    for index, char in enumerate(name):
+        if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
+            raise ValidationError(f"must not contain control characters or line breaks (U+{ord(char):04X} at position {index + 1})")
+
+
 class Project(models.Model):
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, unique=True, validators=[validate_project_name])
     guidelines = models.TextField(blank=True, help_text="Markdown shown to annotators.")
     overlap_k = models.PositiveSmallIntegerField(
         default=3,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.db.models import Avg, Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Value
@@ -156,5 +156,9 @@ def day_window(since_date, until_date) -> tuple[datetime | None, datetime | None
     def start(day):
         return timezone.make_aware(datetime.combine(day, datetime.min.time())) if day else None
 
+    if until_date is not None and until_date >= date.max - timedelta(days=1):  # the calendar's end: no upper bound
+        until_date = None
+    if since_date is not None and since_date <= date.min + timedelta(days=1):  # its start: no lower bound
+        since_date = None
     until = start(until_date)
     return start(since_date), (until + timedelta(days=1)) if until else None

@@ -32,6 +32,7 @@ from .exceptions import (
     InvalidJudgement,
     LeaseExpired,
     NotYourAssignment,
+    ProjectInactive,
 )
 from .importing.formats import response_set_hash, text_hash
 from .models import (
@@ -199,6 +200,8 @@ def validate_judgement(judgement: JudgementInput, n_responses: int) -> None:
         raise InvalidJudgement("required when one reply is better (1 slightly .. 4 much better)", field="strength")
     if choice in (Choice.TIE, Choice.BOTH_BAD) and strength is not None:
         raise InvalidJudgement(f"must be empty for '{choice}'", field="strength")
+    if choice == Choice.RANKING and strength is not None and len(set(judgement.ranks)) == 1:
+        raise InvalidJudgement("must be empty when every reply has the same rank (nothing is better)", field="strength")
     if strength is not None and (isinstance(strength, bool) or not isinstance(strength, int) or not 1 <= strength <= 4):
         raise InvalidJudgement("must be an integer from 1 (slightly better) to 4 (much better)", field="strength")
 
@@ -213,6 +216,30 @@ def validate_judgement(judgement: JudgementInput, n_responses: int) -> None:
         raise InvalidJudgement("must be milliseconds between 0 and 24 hours", field="time_spent_ms")
     if len(judgement.idempotency_key) > 100:
         raise InvalidJudgement("must be at most 100 characters", field="idempotency_key")
+
+
+def _replay_differences(earlier: Judgement, judgement: JudgementInput, display_order: list[int]) -> list[str]:
+    """The fields in which a replayed submission differs from the judgement stored under its key."""
+    differing = []
+    if judgement.choice != earlier.choice:
+        differing.append("choice")
+    else:
+        try:
+            validate_judgement(judgement, len(display_order))
+            same_ranking = _ranking_groups(judgement, display_order) == earlier.ranking
+        except InvalidJudgement:
+            same_ranking = False
+        if judgement.choice == Choice.RANKING and not same_ranking:
+            differing.append("ranks")
+    if judgement.strength != earlier.strength:
+        differing.append("strength")
+    if (judgement.rationale.strip() if isinstance(judgement.rationale, str) else judgement.rationale) != earlier.rationale:
+        differing.append("rationale")
+    if sorted(judgement.flags) != sorted(earlier.flags):
+        differing.append("flags")
+    if judgement.time_spent_ms is not None and judgement.time_spent_ms != earlier.time_spent_ms:
+        differing.append("time_spent_ms")
+    return differing
 
 
 def _gold_correct(task: ComparisonTask, groups: list[list[int]], choice: str) -> bool | None:
@@ -249,7 +276,16 @@ def submit_judgement(
                     raise IdempotencyConflict(
                         "this idempotency key was already used for another assignment", field="idempotency_key"
                     )
+                differing = _replay_differences(earlier, judgement, list(assignment.display_order))
+                if differing:
+                    raise IdempotencyConflict(
+                        f"this idempotency key was already used with a different {', '.join(differing)}; "
+                        "a replay must repeat the same judgement (use a new key for a new one)",
+                        field="idempotency_key",
+                    )
                 return earlier, False
+        if not assignment.task.project.is_active:
+            raise ProjectInactive("this project is closed to new judgements")
         if assignment.state != AssignmentState.LEASED:
             raise AlreadyClosed(f"this assignment was already {assignment.state}")
         if assignment.expires_at <= now:

@@ -33,9 +33,13 @@ def test_repeat_with_same_key_returns_first_result_and_writes_nothing(project, t
     first = api(annotator).post(f"/api/v1/assignments/{assignment.pk}/submit/", body, format="json")
     assert first.status_code == 201, first.content
     before = db_state()
-    again = api(annotator).post(f"/api/v1/assignments/{assignment.pk}/submit/", {**body, "choice": "A"}, format="json")
+    again = api(annotator).post(f"/api/v1/assignments/{assignment.pk}/submit/", body, format="json")
     assert again.status_code == 200
     assert again.json() == first.json()
+    assert db_state() == before
+    changed = api(annotator).post(f"/api/v1/assignments/{assignment.pk}/submit/", {**body, "choice": "A", "rationale": "no"}, format="json")
+    assert changed.status_code == 409, changed.content
+    assert changed.json()["field"] == "idempotency_key" and "choice, rationale" in changed.json()["detail"]
     assert db_state() == before
     judgement = Judgement.objects.get()
     assert judgement.choice == "B" and judgement.strength == 3 and judgement.flags == ["other"]

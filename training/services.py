@@ -16,6 +16,7 @@ from labeling.models import Judgement, JudgementSource, Project
 
 from .exceptions import InvalidTrainingRequest, RunAlreadyActive, RunNotCancellable, VersionNotPromotable
 from .ml.significance import binomial_p_value
+from .run_config import PLAIN_KEYS, STAGE_CLASSES, config_problems
 from .models import (
     ACTIVE_RUN_STATUSES,
     ModelVersion,
@@ -43,25 +44,19 @@ def human_judgement_count(project: Project) -> int:
 
 # Keys a run's config may hold: per-stage overrides of the engine's config dataclasses
 # (checked field by field by the worker) and a few plain options.
-STAGE_CONFIG_KEYS = ("reward", "ppo", "sft", "sampling", "adapters")
-PLAIN_CONFIG_KEYS = ("prompts", "replies_per_prompt", "val_fraction", "use_margin", "seed", "trigger", "new_judgements", "processes")
+STAGE_CONFIG_KEYS = tuple(STAGE_CLASSES)
+PLAIN_CONFIG_KEYS = tuple(PLAIN_KEYS)
 
 
 def validate_run_config(config) -> dict:
+    """The run config, or InvalidTrainingRequest (HTTP 400) naming every bad key and why (run_config.py)."""
     if config is None:
         return {}
     if not isinstance(config, dict):
         raise InvalidTrainingRequest("must be a JSON object", field="config")
-    unknown = set(config) - set(STAGE_CONFIG_KEYS) - set(PLAIN_CONFIG_KEYS)
-    if unknown:
-        allowed = ", ".join(STAGE_CONFIG_KEYS + PLAIN_CONFIG_KEYS)
-        raise InvalidTrainingRequest(f"unknown keys {', '.join(sorted(unknown))}; allowed: {allowed}", field="config")
-    for key in STAGE_CONFIG_KEYS:
-        if key in config and not isinstance(config[key], dict):
-            raise InvalidTrainingRequest(f"'{key}' must be an object of {key} settings", field="config")
-    processes = config.get("processes")
-    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= 64):
-        raise InvalidTrainingRequest("'processes' must be a whole number from 1 to 64 (torchrun processes per stage)", field="config")
+    problems = config_problems(config)
+    if problems:
+        raise InvalidTrainingRequest("; ".join(f"'{path}' {reason}" for path, reason in problems), field="config")
     return config
 
 

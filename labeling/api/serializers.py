@@ -5,7 +5,7 @@ from rest_framework import serializers
 from ..exporting import AGGREGATES
 from ..exporting import FORMATS as EXPORT_FORMATS
 from ..importing.formats import FORMATS as IMPORT_FORMATS
-from ..models import FLAG_CHOICES, Choice, ComparisonTask, Judgement, Project
+from ..models import FLAG_CHOICES, Choice, ComparisonTask, Judgement, Project, TaskStatus
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -108,12 +108,29 @@ class ExportQuery(serializers.Serializer):
     annotator = serializers.CharField(required=False)
 
 
+MAX_ID = 2**63 - 1  # a bigint primary key; larger numbers are refused, not passed to the database
+
+
+def id_filter(what: str) -> serializers.IntegerField:
+    return serializers.IntegerField(required=False, min_value=1, max_value=MAX_ID, help_text=f"only this {what} (its id)")
+
+
 class JudgementQuery(serializers.Serializer):
-    project = serializers.IntegerField(required=False)
-    task = serializers.IntegerField(required=False)
-    annotator = serializers.CharField(required=False)
-    since = serializers.DateField(required=False)
-    until = serializers.DateField(required=False)
+    project = id_filter("project")
+    task = id_filter("task")
+    annotator = serializers.CharField(required=False, max_length=150, help_text="username")
+    since = serializers.DateField(required=False, help_text="first day included (YYYY-MM-DD)")
+    until = serializers.DateField(required=False, help_text="last day included (YYYY-MM-DD)")
+
+
+class TaskQuery(serializers.Serializer):
+    project = id_filter("project")
+    status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
+    is_gold = serializers.BooleanField(required=False, allow_null=True, default=None, help_text="true: gold tasks only; false: no gold tasks")
+
+
+class ProjectQuery(serializers.Serializer):
+    project = id_filter("project")
 
 
 class AnnotatorStatsOutput(serializers.Serializer):

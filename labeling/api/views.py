@@ -2,6 +2,8 @@
 
 import io
 import os
+import re
+from urllib.parse import quote
 
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
@@ -28,10 +30,27 @@ from .serializers import (
     JudgementOutput,
     JudgementQuery,
     MyStatsOutput,
+    ProjectQuery,
     ProjectSerializer,
     SkipInput,
     TaskAdminOutput,
+    TaskQuery,
 )
+
+
+def export_disposition(project_name: str, fmt: str) -> str:
+    """Content-Disposition for an export: an ASCII-safe file name, and the exact one (RFC 5987) for clients that read it."""
+    name = f"{project_name}-{fmt}.jsonl"
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "export.jsonl"
+    exact = quote(name.encode("utf-8", "replace"), safe="")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{exact}"
+
+
+def validated_query(serializer_class, request) -> dict:
+    """The query parameters through `serializer_class`: a 400 naming the field and the reason otherwise."""
+    query = serializer_class(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    return query.validated_data
 
 
 class ProjectViewSet(viewsets.ModelViewSet):
@@ -134,15 +153,19 @@ class TaskListView(generics.ListAPIView):
     permission_classes = [IsLabelingAdmin]
     serializer_class = TaskAdminOutput
 
+    @extend_schema(parameters=[TaskQuery])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
     def get_queryset(self):
         queryset = ComparisonTask.objects.select_related("prompt").prefetch_related("task_responses__response").order_by("pk")
-        params = self.request.query_params
-        if params.get("project"):
-            queryset = queryset.filter(project_id=params["project"])
-        if params.get("status"):
-            queryset = queryset.filter(status=params["status"])
-        if params.get("is_gold") in ("true", "false"):
-            queryset = queryset.filter(is_gold=params["is_gold"] == "true")
+        filters = validated_query(TaskQuery, self.request)
+        if "project" in filters:
+            queryset = queryset.filter(project_id=filters["project"])
+        if filters.get("status"):
+            queryset = queryset.filter(status=filters["status"])
+        if filters.get("is_gold") is not None:
+            queryset = queryset.filter(is_gold=filters["is_gold"])
         return queryset
 
 
@@ -157,9 +180,7 @@ class JudgementListView(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        query = JudgementQuery(data=self.request.query_params)
-        query.is_valid(raise_exception=True)
-        filters = query.validated_data
+        filters = validated_query(JudgementQuery, self.request)
         queryset = Judgement.objects.select_related("annotator", "task").order_by("pk")
         if "project" in filters:
             queryset = queryset.filter(task__project_id=filters["project"])
@@ -209,9 +230,7 @@ class ExportView(APIView):
     @extend_schema(parameters=[ExportQuery], responses={(200, "application/x-ndjson"): OpenApiTypes.STR})
     def get(self, request, project_id: int):
         project = get_object_or_404(Project, pk=project_id)
-        query = ExportQuery(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        options = query.validated_data
+        options = validated_query(ExportQuery, request)
         since, until = selectors.day_window(options.get("since"), options.get("until"))
         lines = iter_export_lines(
             project=project,
@@ -222,8 +241,7 @@ class ExportView(APIView):
             annotator=options.get("annotator"),
         )
         response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
-        filename = f"{project.name}-{options['format']}.jsonl".replace('"', "")
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        response["Content-Disposition"] = export_disposition(project.name, options["format"])
         return response
 
 
@@ -232,9 +250,8 @@ class AnnotatorStatsView(APIView):
 
     permission_classes = [IsLabelingAdmin]
 
-    @extend_schema(responses=AnnotatorStatsOutput(many=True))
+    @extend_schema(parameters=[ProjectQuery], responses=AnnotatorStatsOutput(many=True))
     def get(self, request):
-        project = None
-        if request.query_params.get("project"):
-            project = get_object_or_404(Project, pk=request.query_params["project"])
+        filters = validated_query(ProjectQuery, request)
+        project = get_object_or_404(Project, pk=filters["project"]) if "project" in filters else None
         return Response(AnnotatorStatsOutput(selectors.annotator_stats(project=project), many=True).data)

@@ -28,9 +28,12 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from .. import jsonsafety
+
 FORMATS = ("jsonl", "csv", "hh", "trl")
 ROLES = ("system", "user", "assistant")
 MAX_REPLY_CHARS = 100_000
+UTF8_BOM = b"\xef\xbb\xbf"  # spreadsheet programs start UTF-8 files with it
 
 
 class RecordError(ValueError):
@@ -256,9 +259,11 @@ def iter_records(
             continue
         if not raw.strip():
             continue  # blank lines carry no item
+        if number == 1 and raw.startswith(UTF8_BOM):
+            raw = raw[len(UTF8_BOM):]
         try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            obj = jsonsafety.loads(raw)
+        except ValueError as exc:  # malformed, not UTF-8, too deep, NaN / Infinity, NUL or lone surrogate
             yield number, RecordError(f"malformed JSON: {exc}"), consumed
             continue
         if not isinstance(obj, dict):
@@ -270,14 +275,71 @@ def iter_records(
             yield number, exc, consumed
 
 
-def _iter_csv(stream, *, max_responses: int, max_line_bytes: int):
-    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
-    csv.field_size_limit(max_line_bytes)
-    reader = csv.DictReader(text)
+class _CsvLines:
+    """The physical lines of a CSV byte stream as text for csv.reader, read with bounded memory.
+
+    Each line is decoded on its own, so a decoding error belongs to its line (`bad` maps
+    line numbers to reasons; the line goes on decoded with replacement characters so
+    that the reader keeps its place). A line longer than max_line_bytes is drained without
+    being held and handed on as an empty line (with a quote if it held an odd number of
+    them, so a quoted cell that spans it still closes). A UTF-8 byte order mark, as
+    spreadsheet programs write it, is dropped.
+    """
+
+    def __init__(self, stream, max_line_bytes: int):
+        self.stream, self.max_line_bytes = stream, max_line_bytes
+        self.bad: dict[int, str] = {}
+        self.number = 0
+
+    def __iter__(self):
+        while True:
+            raw = self.stream.readline(self.max_line_bytes + 1)
+            if not raw:
+                return
+            self.number += 1
+            if len(raw) > self.max_line_bytes and not raw.endswith(b"\n"):
+                quotes = raw.count(b'"')
+                while raw and not raw.endswith(b"\n"):
+                    raw = self.stream.readline(self.max_line_bytes + 1)
+                    quotes += raw.count(b'"')
+                self.bad[self.number] = f"line is longer than {self.max_line_bytes} bytes"
+                yield ('"' if quotes % 2 else "") + "\n"
+                continue
+            if self.number == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self.bad[self.number] = f"not valid UTF-8 ({exc.reason} at byte {exc.start + 1} of the line)"
+                yield raw.decode("utf-8", "replace")
+
+    def problem(self, first: int, last: int) -> tuple[int, str] | None:
+        """The first bad physical line in first..last, with its reason."""
+        for number in range(first, last + 1):
+            if number in self.bad:
+                return number, self.bad[number]
+        return None
+
+
+def _csv_cell_json(row: dict, column: str):
     try:
-        header = reader.fieldnames or []
-    except (csv.Error, UnicodeDecodeError) as exc:
+        return jsonsafety.loads(row[column])
+    except ValueError as exc:
+        raise RecordError(f"'{column}' is not valid JSON: {exc}") from exc
+
+
+def _iter_csv(stream, *, max_responses: int, max_line_bytes: int):
+    lines = _CsvLines(stream, max_line_bytes)
+    csv.field_size_limit(max_line_bytes)
+    reader = csv.reader(iter(lines))
+    try:
+        header = next(reader, None) or []
+    except csv.Error as exc:
         yield 1, RecordError(f"unreadable CSV header: {exc}"), 0
+        return
+    bad_header = lines.problem(1, reader.line_num)
+    if bad_header:
+        yield bad_header[0], RecordError(f"unreadable CSV header: {bad_header[1]}"), 0
         return
     response_columns = sorted(
         (c for c in header if re.fullmatch(r"response_\d+", c)), key=lambda c: int(c.split("_")[1])
@@ -288,28 +350,32 @@ def _iter_csv(stream, *, max_responses: int, max_line_bytes: int):
     while True:
         start = reader.line_num + 1
         try:
-            row = next(reader)
+            cells = next(reader)
         except StopIteration:
             return
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:  # e.g. a field over the size limit; the reader goes on at the next line
             yield start, RecordError(f"malformed CSV: {exc}"), 0
-            return
-        obj: dict = {"responses": [row[c] for c in response_columns if row.get(c)]}
+            continue
+        bad = lines.problem(start, reader.line_num)
+        if bad:
+            yield bad[0], RecordError(bad[1]), 0
+            continue
+        if not cells:
+            continue  # a blank line carries no item
         try:
+            if len(cells) > len(header):
+                raise RecordError("more cells than header columns")
+            row = dict(zip(header, cells))
+            obj: dict = {"responses": [row[c] for c in response_columns if row.get(c)]}
             if row.get("messages"):
-                try:
-                    obj["messages"] = json.loads(row["messages"])
-                except json.JSONDecodeError as exc:
-                    raise RecordError(f"'messages' is not valid JSON: {exc}") from exc
+                obj["messages"] = _csv_cell_json(row, "messages")
             else:
                 obj["prompt"] = row.get("prompt") or ""
             if row.get("metadata"):
-                try:
-                    obj["metadata"] = json.loads(row["metadata"])
-                except json.JSONDecodeError as exc:
-                    raise RecordError(f"'metadata' is not valid JSON: {exc}") from exc
-            if None in row:
-                raise RecordError("more cells than header columns")
+                obj["metadata"] = _csv_cell_json(row, "metadata")
+            unstorable = jsonsafety.first_unstorable(obj)
+            if unstorable:
+                raise RecordError(f"{unstorable}: contains a NUL character, which cannot be stored")
             yield start, parse_jsonl_object(obj, start, max_responses), 0
         except RecordError as exc:
             yield start, exc, 0

@@ -1,7 +1,21 @@
 from rest_framework import serializers
 
-from ..models import ModelVersion, RunKind, TrainingRun, VersionKind
+from labeling.api.serializers import id_filter
+
+from ..models import ModelVersion, RunKind, RunStatus, TrainingRun, VersionKind, VersionStatus
 from ..selectors import eta_seconds
+
+
+class RunQuery(serializers.Serializer):
+    project = id_filter("project")
+    kind = serializers.ChoiceField(choices=RunKind.choices, required=False)
+    status = serializers.ChoiceField(choices=RunStatus.choices, required=False)
+
+
+class VersionQuery(serializers.Serializer):
+    project = id_filter("project")
+    kind = serializers.ChoiceField(choices=VersionKind.choices, required=False)
+    status = serializers.ChoiceField(choices=VersionStatus.choices, required=False)
 
 
 class StartRunInput(serializers.Serializer):

@@ -11,7 +11,9 @@ from labeling.models import Project
 
 from .. import selectors, services
 from ..models import ModelVersion, TrainingRun
-from .serializers import RollbackInput, RunOutput, StartRunInput, VersionOutput
+from labeling.api.views import validated_query
+
+from .serializers import RollbackInput, RunOutput, RunQuery, StartRunInput, VersionOutput, VersionQuery
 
 
 class TrainingRunListView(generics.ListAPIView):
@@ -22,10 +24,11 @@ class TrainingRunListView(generics.ListAPIView):
 
     def get_queryset(self):
         runs = TrainingRun.objects.select_related("requested_by").prefetch_related("versions").order_by("-created_at")
-        for field in ("project", "kind", "status"):
-            if self.request.query_params.get(field):
-                runs = runs.filter(**{field: self.request.query_params[field]})
-        return runs
+        return runs.filter(**validated_query(RunQuery, self.request))
+
+    @extend_schema(parameters=[RunQuery])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(request=StartRunInput, responses={202: RunOutput})
     def post(self, request):
@@ -59,11 +62,11 @@ class ModelVersionListView(generics.ListAPIView):
     serializer_class = VersionOutput
 
     def get_queryset(self):
-        versions = selectors.versions_for()
-        for field in ("project", "kind", "status"):
-            if self.request.query_params.get(field):
-                versions = versions.filter(**{field: self.request.query_params[field]})
-        return versions
+        return selectors.versions_for().filter(**validated_query(VersionQuery, self.request))
+
+    @extend_schema(parameters=[VersionQuery])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
 
 
 class PromoteVersionView(APIView):

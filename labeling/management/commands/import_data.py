@@ -1,12 +1,13 @@
 import os
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from labeling.exceptions import LabelingError
 from labeling.importing.formats import FORMATS
 from labeling.importing.services import import_stream
-from labeling.models import Project
+from labeling.models import Project, validate_project_name
 
 
 class Command(BaseCommand):
@@ -23,6 +24,12 @@ class Command(BaseCommand):
     def handle(self, *args, path, project, fmt, with_labels, skip_invalid, no_progress, **options):
         if not os.path.isfile(path):
             raise CommandError(f"no such file: {path}")
+        try:
+            validate_project_name(project)
+        except ValidationError as error:
+            raise CommandError(f"--project: {' '.join(error.messages)}") from None
+        if len(project) > Project._meta.get_field("name").max_length:
+            raise CommandError(f"--project: at most {Project._meta.get_field('name').max_length} characters")
         project_obj, created = Project.objects.get_or_create(name=project)
         size = os.path.getsize(path)
         try:
@@ -45,6 +52,10 @@ class Command(BaseCommand):
             for line, reason in getattr(error, "errors", []):
                 lines.append(f"  line {line}: {reason}")
             raise CommandError("\n".join(lines)) from error
+        except BaseException:  # whatever else stops the import (Ctrl-C included): no empty project left behind
+            if created:
+                project_obj.delete()
+            raise
         for line, reason in report.skipped:
             self.stderr.write(f"skipped line {line}: {reason}")
         if report.skipped_count > len(report.skipped):
