@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 from django.db.models import F, Value
@@ -413,14 +414,42 @@ def add_comparison_task(*, prompt: Prompt, replies: list[GeneratedReply], priori
 # --------------------------------------------------------------------------- accounts
 
 
+# What the labeling_admins group may do in the Django admin: everything of daily work, nothing
+# that destroys evidence (no deletes that would cascade to judgements; judgements are
+# read-only) or raises privileges (users are view-only: a change_user permission would let a
+# staff member make anyone a superuser).
+_WORK = ("view", "add", "change")
+ADMIN_PERMISSIONS = {
+    "labeling": {"project": _WORK, "prompt": _WORK, "response": _WORK, "comparisontask": _WORK, "taskresponse": _WORK,
+                 "assignment": ("view", "change"), "judgement": ("view",)},
+    "training": {"trainingrun": ("view", "change"), "modelversion": ("view", "change"), "projecttrainingsettings": _WORK},
+    "django_celery_beat": {"periodictask": _WORK + ("delete",), "intervalschedule": _WORK + ("delete",),
+                           "crontabschedule": _WORK + ("delete",), "clockedschedule": _WORK + ("delete",), "solarschedule": ("view",)},
+    "axes": {"accessattempt": ("view", "delete"), "accessfailurelog": ("view", "delete"), "accesslog": ("view",)},
+    "auth": {"user": ("view",), "group": ("view",)},
+}
+
+
 def ensure_groups() -> tuple[Group, Group]:
+    """The annotators and labeling_admins groups, the latter with ADMIN_PERMISSIONS (idempotent)."""
+    from django.contrib.auth.models import Permission
+
     annotators, _ = Group.objects.get_or_create(name=ANNOTATORS_GROUP)
     admins, _ = Group.objects.get_or_create(name=ADMINS_GROUP)
+    wanted = {(app, f"{action}_{model}") for app, models in ADMIN_PERMISSIONS.items() for model, actions in models.items() for action in actions}
+    permissions = [p for p in Permission.objects.filter(codename__in={c for _, c in wanted}).select_related("content_type")
+                   if (p.content_type.app_label, p.codename) in wanted]
+    if set(admins.permissions.values_list("pk", flat=True)) != {p.pk for p in permissions}:
+        admins.permissions.set(permissions)
     return annotators, admins
 
 
 def create_annotator(*, username: str, password: str, is_admin: bool = False, email: str = ""):
-    """Create (or update the password of) an annotator; admins also get staff access."""
+    """Create (or update the password of) an annotator; admins also get staff access.
+
+    The password must pass the AUTH_PASSWORD_VALIDATORS (ValidationError otherwise)."""
+    existing = get_user_model().objects.filter(username=username).first()
+    validate_password(password, existing or get_user_model()(username=username, email=email))
     annotators, admins = ensure_groups()
     with transaction.atomic():
         user, _ = get_user_model().objects.get_or_create(username=username, defaults={"email": email})

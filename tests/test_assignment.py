@@ -23,7 +23,7 @@ def judge(project, user, choice=A_BETTER, now=None):
 
 
 def test_each_task_gets_at_most_k_judgements_and_each_annotator_once(project, tasks):
-    users = [create_annotator(username=f"u{i}", password="x") for i in range(4)]
+    users = [create_annotator(username=f"u{i}", password="a-long-test-pass") for i in range(4)]
     for user in users:
         seen = set()
         while (assignment := assign_next_task(project=project, annotator=user)) is not None:
@@ -46,7 +46,7 @@ def test_live_leases_count_toward_k_and_expired_ones_return_to_the_pool(project,
     import_items(project, make_items(1))
     project.overlap_k = 1
     project.save()
-    other = create_annotator(username="carol", password="x")
+    other = create_annotator(username="carol", password="a-long-test-pass")
     now = timezone.now()
     held = assign_next_task(project=project, annotator=annotator, now=now)
     assert held is not None
@@ -79,7 +79,7 @@ def test_display_order_is_a_recorded_shuffle_of_the_task_replies(project, annota
     task = ComparisonTask.objects.get()
     orders = set()
     for seed in range(12):
-        user = create_annotator(username=f"s{seed}", password="x")
+        user = create_annotator(username=f"s{seed}", password="a-long-test-pass")
         assignment = assign_next_task(project=project, annotator=user, rng=random.Random(seed))
         assert sorted(assignment.display_order) == sorted(task.responses.values_list("pk", flat=True))
         orders.add(tuple(assignment.display_order))
@@ -95,7 +95,7 @@ def test_gold_tasks_are_mixed_in_at_the_gold_rate_and_accuracy_is_kept(project):
         task.save()
     project.gold_rate, project.overlap_k = 0.25, 5
     project.save()
-    user = create_annotator(username="gina", password="x")
+    user = create_annotator(username="gina", password="a-long-test-pass")
     rng = random.Random(7)
     served_gold = 0
     for _ in range(40):

@@ -11,10 +11,10 @@ from labeling.services import create_annotator
 DEMO_FILE = Path(__file__).resolve().parents[2] / "demo_data" / "demo.jsonl"
 DEMO_PROJECT = "Demo: assistant replies"
 DEMO_ACCOUNTS = [
-    ("demo-admin", "demo-admin-pass", True),
-    ("annotator1", "annotate-1", False),
-    ("annotator2", "annotate-2", False),
-    ("annotator3", "annotate-3", False),
+    ("demo-admin", "review-the-replies", True),
+    ("annotator1", "compare-replies-1", False),
+    ("annotator2", "compare-replies-2", False),
+    ("annotator3", "compare-replies-3", False),
 ]
 GUIDELINES = """\
 ## What makes a reply better
