@@ -83,8 +83,11 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_HTTP_RESPONSE_CODE = 429
-AXES_IPWARE_PROXY_COUNT = int(os.environ.get("PROXY_COUNT", "0")) or None
-AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR") if AXES_IPWARE_PROXY_COUNT else ("REMOTE_ADDR",)
+_proxies = int(os.environ.get("PROXY_COUNT", "0"))
+# ipware counts the proxies listed inside X-Forwarded-For; deploy/nginx sets the header to the
+# connecting address only (clients cannot forge it), and nginx itself is REMOTE_ADDR
+AXES_IPWARE_PROXY_COUNT = _proxies - 1 if _proxies else None
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR") if _proxies else ("REMOTE_ADDR",)
 
 ROOT_URLCONF = "feedback_site.urls"
 WSGI_APPLICATION = "feedback_site.wsgi.application"
@@ -165,8 +168,8 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_SCHEMA_CLASS": "labeling.api.schema.ErrorDocumentingAutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "labeling.api.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "labeling.api.errors.exception_handler",
     # `format` is an export option here, not a renderer switch.
@@ -178,6 +181,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Collect human preference judgements and export training data.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # schema and docs for signed-in users only, unless API_DOCS_PUBLIC=1
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"] if os.environ.get("API_DOCS_PUBLIC", "") in ("1", "true", "yes") else ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -213,14 +218,19 @@ TRAINING_PROCESSES = int(_processes)
 REDIS_URL = os.environ.get("REDIS_URL", "")
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL or "filesystem://localhost/"
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # Every folder of the transport under var/broker (kombu's defaults are relative to the
+    # working directory: ./control, ./processed, and the system temp folder for consumed
+    # messages). Consumed messages are moved to processed/ on the same file system, an
+    # atomic rename, so two workers never take the same one; the reaper prunes old ones.
     _broker_dir = VAR_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
-        "store_processed": False,
+        "control_folder": str(_broker_dir / "control"),
+        "store_processed": True,
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 6 * 3600}
@@ -231,11 +241,18 @@ CELERY_TASK_ROUTES = {"training.tasks.run_training": {"queue": "training"}}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A training run keeps going when the broker connection drops (Redis restarted); its ack may be
+# lost and the message redelivered, and the worker skips a run that is no longer queued.
+# (Celery 6 will default to cancelling such tasks.)
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 # A running job whose heartbeat is older than this is marked failed by the reaper.
 TRAINING_HEARTBEAT_TIMEOUT = int(os.environ.get("TRAINING_HEARTBEAT_TIMEOUT", "120"))
 TRAINING_HEARTBEAT_SECONDS = int(os.environ.get("TRAINING_HEARTBEAT_SECONDS", "10"))
+# A queued run no worker has claimed this long after it was sent is sent again by the reaper
+# (the broker may have lost the message, e.g. Redis restarted); the worker runs a run once.
+TRAINING_QUEUED_RESEND_SECONDS = int(os.environ.get("TRAINING_QUEUED_RESEND_SECONDS", "300"))
 
 # Labeling limits (see labeling/importing/formats.py).
 IMPORT_MAX_LINE_BYTES = int(os.environ.get("IMPORT_MAX_LINE_BYTES", str(1024 * 1024)))

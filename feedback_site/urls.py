@@ -1,7 +1,15 @@
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+# API docs: a browser that is not signed in is sent to the login page, unless API_DOCS_PUBLIC
+# opens them (SPECTACULAR_SETTINGS["SERVE_PERMISSIONS"] guards the schema the same way)
+docs = SpectacularSwaggerView.as_view(url_name="api-schema")
+if "rest_framework.permissions.AllowAny" not in settings.SPECTACULAR_SETTINGS.get("SERVE_PERMISSIONS", []):
+    docs = login_required(docs)
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -11,6 +19,8 @@ urlpatterns = [
     path("api/v1/", include("training.api.urls")),
     path("training/", include("training.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", docs, name="api-docs"),
     path("", include("labeling.urls")),
 ]
+
+handler404 = "labeling.views.not_found"

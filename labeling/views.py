@@ -122,3 +122,13 @@ def skip(request, assignment_id: int):
     else:
         messages.info(request, "Task skipped.")
     return redirect("labeling:label", project_id=assignment.task.project_id)
+
+
+def not_found(request, exception=None):
+    """404: JSON under /api/ (what API clients parse), the plain page elsewhere."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return page_not_found(request, exception)

@@ -98,7 +98,11 @@ def test_empty_queue_is_204(project, annotator, admin_user):
     assert Assignment.objects.count() == 0
 
 
-def test_swagger_ui_is_served_without_a_cdn(client, db):
+def test_swagger_ui_is_served_without_a_cdn(client, annotator):
+    assert client.get("/api/docs/").status_code == 302  # signed-in users only
+    assert client.get("/api/schema/").status_code in (401, 403)
+    client.force_login(annotator)
+    assert client.get("/api/schema/").status_code == 200
     page = client.get("/api/docs/")
     assert page.status_code == 200
     html = page.content.decode()
