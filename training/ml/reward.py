@@ -16,9 +16,14 @@ to over-fit, not for synthetic rules that any setting learns:
 - Early stopping on held-out TRAINING data. `early_stopping_fraction` (10%) of the training
   prompts are set aside (split by prompt, so no conversation is on both sides) when there
   are at least `early_stopping_min_examples` training examples. Their loss is measured
-  `early_stopping_evals_per_epoch` times an epoch; training stops after `patience`
-  evaluations (one epoch) without a new best, and the weights of the best evaluation are
-  restored at the end. The caller's validation set is never looked at while training: it
+  `early_stopping_evals_per_epoch` times an epoch, and judged with its noise: a set of ~80
+  pairs measures the loss to about +-0.03, more than the gain of an epoch, so "the lowest
+  loss" alone picks noise (on HH-RLHF it once kept step 22 of 110, an untrained model).
+  A checkpoint counts as over-fitted only when its per-pair losses are higher than those
+  of the lowest-loss checkpoint by more than `worse_by_standard_errors` (2) standard
+  errors of the paired difference. Training stops after `patience` such evaluations in a
+  row (one epoch), and the run ends with the latest checkpoint that was not clearly worse:
+  the full plan when nothing over-fits, the last good point when something does. The caller's validation set is never looked at while training: it
   stays an untouched held-out set for the reported accuracy and the promotion gate. The
   loss, not the accuracy, is the criterion: it is smooth and it measures calibration,
   where the accuracy of a few dozen pairs moves in steps of several points.
@@ -87,8 +92,9 @@ class RewardTrainingConfig:
     early_stopping_fraction: float = 0.1  # share of the training prompts held out; 0 = off
     early_stopping_min_examples: int = 200  # fewer training examples than this: no split (too noisy to steer by)
     early_stopping_evals_per_epoch: int = 4
-    patience: int = 4  # early-stopping evaluations without a new best loss before training stops
-    restore_best: bool = True  # end with the weights of the best early-stopping loss
+    patience: int = 4  # early-stopping evaluations in a row clearly worse than the lowest loss before training stops
+    worse_by_standard_errors: float = 2.0  # "clearly worse": the paired mean loss difference in standard errors
+    restore_best: bool = True  # end with the kept checkpoint: the latest one not clearly worse than the lowest loss
     bf16: bool | None = None  # bfloat16 autocast (weights and optimiser stay float32); None = auto (CUDA with bf16)
     seed: int = 0
 
@@ -159,8 +165,13 @@ def _step_batches(n_examples: int, config: RewardTrainingConfig, epoch: int, len
 
 
 @torch.no_grad()
-def evaluate(model: RewardModel, examples: list[TokenizedExample], pad_id: int, config: RewardTrainingConfig, *, bf16: bool | None = None) -> dict:
-    """Validation loss, pair accuracy, mean margin, reward mean and std (sharded over ranks, summed over all)."""
+def evaluate(
+    model: RewardModel, examples: list[TokenizedExample], pad_id: int, config: RewardTrainingConfig, *, bf16: bool | None = None,
+    per_example: bool = False,
+) -> dict:
+    """Validation loss, pair accuracy, mean margin, reward mean and std (sharded over ranks, summed over all).
+
+    per_example: also "losses", every example's loss (the same order at every call and on every rank)."""
     model.eval()
     dev = devices.model_device(model)
     bf16 = devices.use_bf16(dev, config.bf16) if bf16 is None else bf16
@@ -168,6 +179,7 @@ def evaluate(model: RewardModel, examples: list[TokenizedExample], pad_id: int, 
     sums = torch.zeros(6, dtype=torch.float64)  # loss, correct, pairs, margin, reward sum, reward sq sum
     count_rewards = torch.zeros(1, dtype=torch.float64)
     mine = examples[rank::world]
+    own_losses: list[float] = []
     for start in range(0, len(mine), config.eval_batch_size):
         chunk = mine[start : start + config.eval_batch_size]
         batch, index_maps = collate(chunk, pad_id)
@@ -175,7 +187,10 @@ def evaluate(model: RewardModel, examples: list[TokenizedExample], pad_id: int, 
             batch = devices.to_device(batch, dev)
         with devices.autocast(dev, bf16):
             rewards = model(batch, pad_id).float()
-        sums[0] += example_losses(rewards, index_maps, config.tie_weight).sum().item()
+        chunk_losses = example_losses(rewards, index_maps, config.tie_weight)
+        sums[0] += chunk_losses.sum().item()
+        if per_example:
+            own_losses.extend(chunk_losses.tolist())
         better = [a for pairs, _ in index_maps for a, _, _ in pairs]
         worse = [b for pairs, _ in index_maps for _, b, _ in pairs]
         if better:
@@ -199,7 +214,20 @@ def evaluate(model: RewardModel, examples: list[TokenizedExample], pad_id: int, 
         "val_pairs": int(sums[2].item()),
         "reward_mean": mean,
         "reward_std": math.sqrt(max(sums[5].item() / k - mean**2, 0.0)),
+        **({"losses": [x for part in distributed.all_gather_objects(own_losses) for x in part]} if per_example else {}),
     }
+
+
+def clearly_worse(losses: list[float], reference: list[float], z: float) -> bool:
+    """Whether `losses` are higher than `reference` (the same examples) by more than z standard
+    errors of the paired mean difference: over-fitting shown, not the noise of a small set."""
+    n = len(losses)
+    if n < 2:
+        return sum(losses) > sum(reference)
+    differences = [a - b for a, b in zip(losses, reference)]
+    mean = sum(differences) / n
+    variance = sum((d - mean) ** 2 for d in differences) / (n - 1)
+    return mean > z * math.sqrt(variance / n)
 
 
 @torch.no_grad()
@@ -302,7 +330,8 @@ def train_reward_model(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup))
     metrics: dict = {}
     step, pairs_seen, tokens_seen, tokens_saved = 0, 0, 0, 0
-    best = {"loss": math.inf, "step": 0, "accuracy": None}
+    best = {"loss": math.inf, "step": 0, "accuracy": None}  # the checkpoint kept (see the module docstring)
+    lowest = {"loss": math.inf, "losses": []}  # the lowest early-stopping loss so far, per example
     best_state: dict | None = None
     evals_since_best, stopped_early = 0, False
     epoch_losses: list[float] = []
@@ -343,16 +372,18 @@ def train_reward_model(
             epoch_loss, epoch_steps = epoch_loss + metrics["loss"], epoch_steps + 1
             if held and (step % es_every == 0 or step == total_steps):
                 # all-reduced numbers: every rank takes the same decision
-                es = evaluate(model, held, pad_id, config, bf16=bf16)
+                es = evaluate(model, held, pad_id, config, bf16=bf16, per_example=True)
                 metrics.update({"es_loss": es["val_loss"], "es_accuracy": es["val_accuracy"]})
-                if es["val_loss"] < best["loss"]:
+                if es["val_loss"] < lowest["loss"]:
+                    lowest = {"loss": es["val_loss"], "losses": es["losses"]}
+                if clearly_worse(es["losses"], lowest["losses"], config.worse_by_standard_errors):
+                    evals_since_best += 1
+                    stopped_early = evals_since_best >= config.patience
+                else:  # the latest checkpoint that is not clearly worse than the lowest loss seen
                     best = {"loss": es["val_loss"], "step": step, "accuracy": es["val_accuracy"]}
                     evals_since_best = 0
                     if config.restore_best:
                         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                else:
-                    evals_since_best += 1
-                    stopped_early = evals_since_best >= config.patience
             if config.eval_every and step % config.eval_every == 0 and step < total_steps and val:
                 metrics.update(evaluate(model, val, pad_id, config, bf16=bf16))
             hooks.report(step, total_steps, metrics)
