@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from django.test import RequestFactory
 from django.contrib.auth import authenticate
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -40,7 +41,7 @@ def test_seed_demo_loads_project_gold_and_accounts(db):
     assert ComparisonTask.objects.filter(project=project, is_gold=True).count() >= 2
     for username, password, is_admin in DEMO_ACCOUNTS:
         assert f"{username} / {password}" in out.getvalue()
-        user = authenticate(username=username, password=password)
+        user = authenticate(RequestFactory().post("/accounts/login/"), username=username, password=password)
         assert user is not None and user.groups.filter(name=ANNOTATORS_GROUP).exists()
         assert user.groups.filter(name=ADMINS_GROUP).exists() == is_admin
     call_command("seed_demo", stdout=io.StringIO())  # a second run changes nothing

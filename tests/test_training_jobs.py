@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from labeling.models import ComparisonTask, Project, Response
 from labeling.services import GeneratedReply, JudgementInput, add_comparison_task, assign_next_task, submit_judgement
 from training import runner, selectors, services
-from training.exceptions import RunAlreadyActive
+from training.exceptions import InvalidTrainingRequest, RunAlreadyActive
 from training.ml.checkpoint import load_policy
 from training.ml.reward_model import RewardModel
 from training.ml.synthetic import preference_judgements
@@ -496,5 +496,7 @@ def test_ppo_with_lora_uses_the_policy_with_adapters_off_as_reference_and_saves_
 def test_bad_adapter_options_fail_the_run_with_the_reason(db, models_on_disk):
     project = labelled_project()
     run_now(project, "reward")
-    run = run_now(project, "ppo", {"adapters": {"lora_r": -1}})
-    assert run.status == RunStatus.FAILED and run.error.startswith("adapters: lora_r must be an integer >= 0")
+    with pytest.raises(InvalidTrainingRequest, match="'adapters.lora_r' must be between 0"):  # refused when asked for
+        run_now(project, "ppo", {"adapters": {"lora_r": -1}})
+    run = run_now(project, "ppo", {"adapters": {"save": "weird"}})  # the right type: the trainer's own check fails the run
+    assert run.status == RunStatus.FAILED and run.error.startswith("adapters: save must be 'merged' or 'adapter'")

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from labeling.models import Judgement, JudgementSource, Project
@@ -138,6 +138,32 @@ def reap_stale_runs(*, now=None, timeout_seconds: int | None = None) -> list[int
     for run_id in stale:
         log.warning("reaped stale run %s", run_id)
     return stale
+
+
+def resend_lost_runs(*, now=None, after_seconds: int | None = None) -> list[int]:
+    """Send again the queued runs that no worker claimed within `after_seconds` of being
+    sent: the broker may have lost the message (Redis restarted without persistence).
+
+    Safe to repeat: a run executes once however often it is delivered, because the worker
+    claims it queued -> running under a row lock and skips every other copy
+    (runner._claim). For a queued run heartbeat_at records when it was last re-sent.
+    Stage runs of a cycle (parent set) run inside their parent and are never sent.
+    """
+    now = now or timezone.now()
+    after = after_seconds if after_seconds is not None else settings.TRAINING_QUEUED_RESEND_SECONDS
+    cutoff = now - timedelta(seconds=after)
+    with transaction.atomic():
+        lost = list(
+            TrainingRun.objects.select_for_update(skip_locked=True)
+            .filter(status=RunStatus.QUEUED, parent=None, created_at__lt=cutoff)
+            .filter(Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=cutoff))
+            .values_list("pk", flat=True)
+        )
+        TrainingRun.objects.filter(pk__in=lost).update(heartbeat_at=now)
+    for run_id in lost:
+        log.warning("run %s still queued after %s s: sending it to the broker again", run_id, after)
+        enqueue_run(run_id)
+    return lost
 
 
 # --------------------------------------------------------------------------- versions

@@ -3,9 +3,15 @@
 runner.py (and with it torch) is imported inside the task, so that the web processes,
 which only enqueue, never load PyTorch."""
 
+import time
+from pathlib import Path
+
 from celery import shared_task
+from django.conf import settings
 
 from . import services
+
+PROCESSED_MESSAGES_KEPT_SECONDS = 24 * 3600
 
 
 @shared_task(name="training.tasks.run_training", acks_late=True, reject_on_worker_lost=True)
@@ -16,8 +22,29 @@ def run_training(run_id: int) -> None:
 
 
 @shared_task(name="training.tasks.reap_stale_runs")
-def reap_stale_runs() -> list[int]:
-    return services.reap_stale_runs()
+def reap_stale_runs() -> dict:
+    """Every minute (beat): fail running runs whose worker died, and send again the queued
+    runs whose task message the broker lost (a duplicate delivery is skipped by the worker)."""
+    return {"reaped": services.reap_stale_runs(), "resent": services.resend_lost_runs(), "pruned": prune_processed_messages()}
+
+
+def prune_processed_messages(max_age: float = PROCESSED_MESSAGES_KEPT_SECONDS) -> int:
+    """The file-system broker (the demo, no Redis) keeps consumed messages in
+    var/broker/processed; delete those older than a day."""
+    if not settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        return 0
+    folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("processed_folder")
+    if not folder or not Path(folder).is_dir():
+        return 0
+    cutoff, pruned = time.time() - max_age, 0
+    for path in Path(folder).glob("*.msg"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                pruned += 1
+        except FileNotFoundError:
+            continue
+    return pruned
 
 
 @shared_task(name="training.tasks.check_retraining")
