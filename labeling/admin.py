@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from .models import Assignment, ComparisonTask, Judgement, Project, Prompt, Response, TaskResponse
+from .models import Assignment, ComparisonTask, Judgement, JudgementRevision, Project, Prompt, Response, TaskResponse
 
 
 @admin.register(Project)
@@ -77,3 +77,21 @@ class JudgementAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return request.user.is_superuser
+
+
+@admin.register(JudgementRevision)
+class JudgementRevisionAdmin(admin.ModelAdmin):
+    """Earlier versions of revised judgements: history, read-only."""
+
+    list_display = ["judgement", "number", "choice", "strength", "made_at", "replaced_at"]
+    list_filter = ["judgement__task__project", "choice"]
+    raw_id_fields = ["judgement"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -5,7 +5,13 @@ Formats:
        the conversational form (lists of messages) for chat and HH prompts.
   hh   {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...} (HH-RLHF).
   raw  every judgement with annotator, choice, ranking, strength, rationale, flags,
-       time on task, display order and the texts it compared.
+       time on task, display order and the texts it compared; each reply carries the
+       flags the annotator set on it ("responses": [{"id", "text", "origin", "flags"}],
+       and "reply_flags": {"<response id>": [...]}).
+
+A judgement its annotator revised is exported once, as its latest version ("revision"
+counts the revisions, "revised_at" dates the last); the earlier versions stay in
+JudgementRevision and are never exported.
 
 Pairs come from a judgement's ranking (groups of response ids, best first): every reply
 in a better group beats every reply in a worse group. A tie or a both-bad judgement is
@@ -92,6 +98,7 @@ def _pair_row(fmt: str, prompt, chosen: str, rejected: str, margin: float) -> di
 
 def _raw_row(judgement: Judgement, texts: dict[int, str], origins: dict[int, str]) -> dict:
     task = judgement.task
+    reply_flags = judgement.reply_flags or {}
     return {
         "judgement_id": judgement.pk,
         "task_id": task.pk,
@@ -99,7 +106,9 @@ def _raw_row(judgement: Judgement, texts: dict[int, str], origins: dict[int, str
         "project": task.project.name,
         "is_gold": task.is_gold,
         "prompt": task.prompt.messages,
-        "responses": [{"id": rid, "text": texts[rid], "origin": origins[rid]} for rid in sorted(texts)],
+        "responses": [
+            {"id": rid, "text": texts[rid], "origin": origins[rid], "flags": reply_flags.get(str(rid), [])} for rid in sorted(texts)
+        ],
         "annotator": judgement.annotator.username,
         "source": judgement.source,
         "choice": judgement.choice,
@@ -107,10 +116,13 @@ def _raw_row(judgement: Judgement, texts: dict[int, str], origins: dict[int, str
         "strength": judgement.strength,
         "rationale": judgement.rationale,
         "flags": judgement.flags,
+        "reply_flags": reply_flags,
         "time_spent_ms": judgement.time_spent_ms,
         "display_order": judgement.display_order,
         "gold_correct": judgement.gold_correct,
         "created_at": judgement.created_at.isoformat(),
+        "revision": judgement.revision,
+        "revised_at": judgement.revised_at.isoformat() if judgement.revised_at else None,
     }
 
 

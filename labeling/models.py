@@ -48,6 +48,16 @@ class Project(models.Model):
         help_text="K: the most replies one comparison task may compare.",
     )
     is_active = models.BooleanField(default=True)
+    description = models.CharField(
+        max_length=500, blank=True, help_text="One or two sentences for the annotators' home page (plain text)."
+    )
+    revision_hours = models.PositiveIntegerField(
+        default=24,
+        blank=True,  # a form or client that leaves it out keeps the current value; an empty one means the default
+        validators=[MaxValueValidator(24 * 366)],
+        help_text="How long after submitting an annotator may revise a judgement under "
+        "'My recent judgements' (0: never). Only while the project is active.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -65,6 +75,11 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self):
+        super().clean()
+        if self.revision_hours is None:
+            self.revision_hours = self._meta.get_field("revision_hours").default
 
 
 class PromptFormat(models.TextChoices):
@@ -258,13 +273,20 @@ class Judgement(models.Model):
     ranking = models.JSONField()
     strength = models.PositiveSmallIntegerField(null=True, blank=True, choices=Strength.choices)
     rationale = models.TextField(blank=True)
-    flags = models.JSONField(default=list, blank=True)
+    flags = models.JSONField(default=list, blank=True, help_text="Every flag on the judgement, its replies' included.")
+    reply_flags = models.JSONField(
+        default=dict, blank=True, help_text='Flags per reply: {"<response id>": ["unsafe", ...]}; replies without flags left out.'
+    )
     display_order = models.JSONField(help_text="Response ids as shown, copied from the assignment.")
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=100, blank=True)
     source = models.CharField(max_length=10, choices=JudgementSource.choices, default=JudgementSource.ANNOTATOR)
     gold_correct = models.BooleanField(null=True, blank=True, help_text="Gold tasks: did it match?")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    revision = models.PositiveSmallIntegerField(
+        default=0, help_text="How often the annotator revised it; earlier versions are JudgementRevision rows."
+    )
+    revised_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -288,3 +310,35 @@ class Judgement(models.Model):
 
     def __str__(self) -> str:
         return f"judgement {self.pk}: {self.choice}"
+
+
+class JudgementRevision(models.Model):
+    """An earlier version of a judgement, kept when its annotator revises it.
+
+    The Judgement row always holds the latest version (what exports and statistics read);
+    these rows are its history: `number` 0 is the original submission, 1 the first
+    revision, and so on. `made_at` is when that version was made, `replaced_at` when the
+    next one replaced it.
+    """
+
+    judgement = models.ForeignKey(Judgement, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveSmallIntegerField()
+    choice = models.CharField(max_length=10, choices=Choice.choices)
+    ranking = models.JSONField()
+    strength = models.PositiveSmallIntegerField(null=True, blank=True, choices=Strength.choices)
+    rationale = models.TextField(blank=True)
+    flags = models.JSONField(default=list, blank=True)
+    reply_flags = models.JSONField(default=dict, blank=True)
+    time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    gold_correct = models.BooleanField(null=True, blank=True)
+    made_at = models.DateTimeField()
+    replaced_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["judgement", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["judgement", "number"], name="judgement_revision_unique_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"judgement {self.judgement_id} version {self.number}: {self.choice}"

@@ -42,17 +42,58 @@ def current_lease(*, project: Project, annotator, now: datetime) -> Assignment |
     )
 
 
-def tasks_left_for(*, project: Project, annotator, now: datetime | None = None) -> int:
-    """Tasks this annotator could still be served, plus the one they hold right now."""
+def tasks_left_for(*, project: Project, annotator, now: datetime | None = None, holding: bool | None = None) -> int:
+    """Tasks this annotator could still be served, plus the one they hold right now.
+
+    `holding`: whether the caller already knows they hold a lease (saves a query)."""
     now = now or timezone.now()
-    available = (
-        unseen_tasks(project, annotator)
-        .filter(is_gold=False)
-        .alias(leases=active_lease_count(now))
-        .filter(judgement_count__lt=project.overlap_k - F("leases"))
-        .count()
+    # = open non-gold tasks never assigned to this annotator with judgement_count < k - live
+    # leases, counted in cheap parts rather than one anti-join plus a lease subquery per
+    # task: the open tasks with room (task_next_idx), less those assigned to this annotator
+    # (walked from their own assignments), less those whose live leases fill the rest (the
+    # live leases are few: one per annotator at work). The assignment queries reach a task
+    # by its primary key only and test it in the aggregate's FILTER (or in Python): so the
+    # planner keeps a cheap plan even before the tables were ANALYZEd after a bulk import.
+    k = project.overlap_k
+    room = Q(task__project=project, task__status=TaskStatus.OPEN, task__is_gold=False, task__judgement_count__lt=k)
+    with_room = ComparisonTask.objects.filter(project=project, status=TaskStatus.OPEN, is_gold=False, judgement_count__lt=k).count()
+    seen = Assignment.objects.filter(annotator=annotator).aggregate(n=Count("pk", filter=room))["n"]
+    live = Assignment.objects.filter(state=AssignmentState.LEASED, expires_at__gt=now).values_list(
+        "task_id", "annotator_id", "task__project_id", "task__status", "task__is_gold", "task__judgement_count"
     )
-    return available + (1 if current_lease(project=project, annotator=annotator, now=now) else 0)
+    leases: dict[int, list] = {}
+    for task_id, holder, project_id, status, is_gold, judged in live:
+        if project_id == project.pk and status == TaskStatus.OPEN and not is_gold and judged < k:
+            entry = leases.setdefault(task_id, [judged, 0, False])
+            entry[1] += 1
+            entry[2] = entry[2] or holder == annotator.pk
+    full = [task_id for task_id, (judged, n, mine) in leases.items() if judged + n >= k and not mine]
+    if full:  # those this annotator already saw (skipped, expired) are in `seen` already
+        full_unseen = len(full) - Assignment.objects.filter(annotator=annotator, task_id__in=full).count()
+    else:
+        full_unseen = 0
+    available = with_room - seen - full_unseen
+    if holding is None:
+        holding = current_lease(project=project, annotator=annotator, now=now) is not None
+    return available + (1 if holding else 0)
+
+
+def _start_of_day(now: datetime) -> datetime:
+    return timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def project_progress(*, project: Project, annotator, now: datetime | None = None, holding: bool | None = None) -> dict:
+    """The comparison page's counter: judged today in this project, tasks left for this annotator."""
+    now = now or timezone.now()
+    judged_today = Judgement.objects.filter(annotator=annotator, created_at__gte=_start_of_day(now)).aggregate(
+        n=Count("pk", filter=Q(task__project=project))
+    )["n"]
+    return {"judged_today": judged_today, "tasks_left": tasks_left_for(project=project, annotator=annotator, now=now, holding=holding)}
+
+
+def recent_judgements(*, annotator, limit: int = 20) -> QuerySet[Judgement]:
+    """An annotator's own latest judgements (imported labels left out), newest first."""
+    return Judgement.objects.filter(annotator=annotator, source=JudgementSource.ANNOTATOR).order_by("-created_at", "-pk")[:limit]
 
 
 def annotator_progress(*, annotator, now: datetime | None = None) -> list[dict]:

@@ -43,6 +43,7 @@ from .models import (
     Choice,
     ComparisonTask,
     Judgement,
+    JudgementRevision,
     JudgementSource,
     Project,
     Prompt,
@@ -50,7 +51,7 @@ from .models import (
     TaskResponse,
     TaskStatus,
 )
-from .selectors import active_lease_count, current_lease, unseen_tasks
+from .selectors import active_lease_count, current_lease, recent_judgements, unseen_tasks
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ ANNOTATORS_GROUP = "annotators"
 ADMINS_GROUP = "labeling_admins"
 MAX_RATIONALE_CHARS = 5000
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
+LETTERS = "ABCDEFGH"
 # How many locked-then-full candidates one request may pass over before giving up.
 MAX_CANDIDATES_TRIED = 20
 
@@ -155,6 +157,8 @@ class JudgementInput:
     flags: tuple[str, ...] = ()
     time_spent_ms: int | None = None
     idempotency_key: str = ""
+    # flags on single replies, by display letter: {"B": ("unsafe",)}; `flags` stays for the judgement as a whole
+    reply_flags: dict[str, tuple[str, ...]] | None = None
 
 
 def _ranking_groups(judgement: JudgementInput, display_order: list[int]) -> list[list[int]]:
@@ -212,6 +216,7 @@ def validate_judgement(judgement: JudgementInput, n_responses: int) -> None:
     unknown = [flag for flag in flags if flag not in FLAG_CHOICES]
     if unknown or len(set(flags)) != len(flags):
         raise InvalidJudgement(f"each flag once, from {', '.join(FLAG_CHOICES)}", field="flags")
+    _validate_reply_flags(judgement.reply_flags, n_responses)
     spent = judgement.time_spent_ms
     if spent is not None and (isinstance(spent, bool) or not isinstance(spent, int) or not 0 <= spent <= MAX_TIME_SPENT_MS):
         raise InvalidJudgement("must be milliseconds between 0 and 24 hours", field="time_spent_ms")
@@ -219,8 +224,43 @@ def validate_judgement(judgement: JudgementInput, n_responses: int) -> None:
         raise InvalidJudgement("must be at most 100 characters", field="idempotency_key")
 
 
-def _replay_differences(earlier: Judgement, judgement: JudgementInput, display_order: list[int]) -> list[str]:
-    """The fields in which a replayed submission differs from the judgement stored under its key."""
+def _validate_reply_flags(reply_flags, n_responses: int) -> None:
+    if not reply_flags:
+        return
+    letters = LETTERS[:n_responses]
+    if not isinstance(reply_flags, dict):
+        raise InvalidJudgement(f"must map reply letters ({letters[0]}..{letters[-1]}) to lists of flags", field="reply_flags")
+    for letter, flags in reply_flags.items():
+        if not isinstance(letter, str) or len(letter) != 1 or letter not in letters:
+            raise InvalidJudgement(f"keys are reply letters {letters[0]}..{letters[-1]}", field="reply_flags")
+        if isinstance(flags, str) or not isinstance(flags, (list, tuple)):
+            raise InvalidJudgement("each reply's flags must be a list", field="reply_flags")
+        if any(flag not in FLAG_CHOICES for flag in flags) or len(set(flags)) != len(flags):
+            raise InvalidJudgement(f"each flag once, from {', '.join(FLAG_CHOICES)}", field="reply_flags")
+
+
+def _stored_reply_flags(judgement: JudgementInput, display_order: list[int]) -> dict[str, list[str]]:
+    """Reply flags keyed by response id (as a string: JSON keys), flags in FLAG_CHOICES order."""
+    stored = {}
+    for letter, flags in (judgement.reply_flags or {}).items():
+        if flags:
+            stored[str(display_order[LETTERS.index(letter)])] = [flag for flag in FLAG_CHOICES if flag in flags]
+    return dict(sorted(stored.items(), key=lambda item: display_order.index(int(item[0]))))
+
+
+def _all_flags(judgement: JudgementInput, reply_flags: dict[str, list[str]]) -> list[str]:
+    """The judgement-level flags as sent, then any flag only its replies carry."""
+    flags = list(judgement.flags)
+    for reply in reply_flags.values():
+        flags.extend(flag for flag in reply if flag not in flags)
+    return flags
+
+
+def _replay_differences(earlier, judgement: JudgementInput, display_order: list[int]) -> list[str]:
+    """The fields in which a replayed submission differs from the judgement stored under its key.
+
+    `earlier` is the judgement as first submitted (a revision does not change what a replay
+    of the original request must repeat)."""
     differing = []
     if judgement.choice != earlier.choice:
         differing.append("choice")
@@ -236,8 +276,14 @@ def _replay_differences(earlier: Judgement, judgement: JudgementInput, display_o
         differing.append("strength")
     if (judgement.rationale.strip() if isinstance(judgement.rationale, str) else judgement.rationale) != earlier.rationale:
         differing.append("rationale")
-    if sorted(judgement.flags) != sorted(earlier.flags):
+    try:
+        reply_flags = _stored_reply_flags(judgement, display_order)
+    except (ValueError, IndexError, TypeError, AttributeError):
+        reply_flags = None
+    if reply_flags is None or sorted(_all_flags(judgement, reply_flags)) != sorted(earlier.flags):
         differing.append("flags")
+    if reply_flags is not None and reply_flags != (earlier.reply_flags or {}):
+        differing.append("reply_flags")
     if judgement.time_spent_ms is not None and judgement.time_spent_ms != earlier.time_spent_ms:
         differing.append("time_spent_ms")
     return differing
@@ -277,7 +323,8 @@ def submit_judgement(
                     raise IdempotencyConflict(
                         "this idempotency key was already used for another assignment", field="idempotency_key"
                     )
-                differing = _replay_differences(earlier, judgement, list(assignment.display_order))
+                original = earlier.revisions.filter(number=0).first() if earlier.revision else None
+                differing = _replay_differences(original or earlier, judgement, list(assignment.display_order))
                 if differing:
                     raise IdempotencyConflict(
                         f"this idempotency key was already used with a different {', '.join(differing)}; "
@@ -296,6 +343,7 @@ def submit_judgement(
         display_order = list(assignment.display_order)
         validate_judgement(judgement, len(display_order))
         groups = _ranking_groups(judgement, display_order)
+        reply_flags = _stored_reply_flags(judgement, display_order)
         spent = judgement.time_spent_ms
         if spent is None:
             spent = min(int((now - assignment.leased_at).total_seconds() * 1000), MAX_TIME_SPENT_MS)
@@ -313,7 +361,8 @@ def submit_judgement(
                     ranking=groups,
                     strength=judgement.strength,
                     rationale=judgement.rationale.strip(),
-                    flags=list(judgement.flags),
+                    flags=_all_flags(judgement, reply_flags),
+                    reply_flags=reply_flags,
                     display_order=display_order,
                     time_spent_ms=spent,
                     idempotency_key=key,
@@ -332,6 +381,91 @@ def submit_judgement(
         if not task.is_gold and task.judgement_count >= task.project.overlap_k:
             task.status = TaskStatus.COMPLETE
             task.save(update_fields=["status"])
+        return stored, True
+
+
+# --------------------------------------------------------------------------- revise
+
+
+REVIEW_LIMIT = 20  # "My recent judgements": the last N an annotator may look at and revise
+
+
+def recent_judgement_ids(annotator, limit: int | None = None) -> list[int]:
+    """The annotator's own latest judgements (imported labels left out), newest first."""
+    return list(recent_judgements(annotator=annotator, limit=limit or REVIEW_LIMIT).values_list("pk", flat=True))
+
+
+def revision_refusal(stored: Judgement, *, annotator, now: datetime, recent_ids: list[int] | None = None) -> str | None:
+    """Why this annotator may not revise this judgement now, or None when they may."""
+    project = stored.task.project
+    if stored.annotator_id != annotator.pk or stored.source != JudgementSource.ANNOTATOR:
+        return "this judgement is not yours to revise"
+    if not project.is_active:
+        return "this project is closed to new judgements"
+    if not project.revision_hours:
+        return "this project does not allow revisions"
+    if now - stored.created_at > timedelta(hours=project.revision_hours):
+        return f"judgements of this project can be revised for {project.revision_hours} h after submitting"
+    if stored.pk not in (recent_ids if recent_ids is not None else recent_judgement_ids(annotator)):
+        return f"only your last {REVIEW_LIMIT} judgements can be revised"
+    return None
+
+
+def revise_judgement(*, annotator, judgement_id: int, judgement: JudgementInput, now: datetime | None = None) -> tuple[Judgement, bool]:
+    """Replace an annotator's own recent judgement with a new version. Returns (judgement, changed).
+
+    The version it replaces is kept as a JudgementRevision; the Judgement row (what exports,
+    statistics and the task's counters read) holds the latest. The task, display order,
+    time on task and idempotency key stay those of the first submission; a revision equal
+    to the current version writes nothing.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        stored = (
+            Judgement.objects.select_for_update(of=("self",)).select_related("task__project").filter(pk=judgement_id).first()
+        )
+        if stored is None:
+            raise AssignmentNotFound(f"judgement {judgement_id} does not exist")
+        if stored.annotator_id != annotator.pk:
+            raise NotYourAssignment("this judgement belongs to another annotator")
+        refusal = revision_refusal(stored, annotator=annotator, now=now)
+        if refusal:
+            raise AlreadyClosed(refusal)
+        display_order = list(stored.display_order)
+        validate_judgement(judgement, len(display_order))
+        groups = _ranking_groups(judgement, display_order)
+        reply_flags = _stored_reply_flags(judgement, display_order)
+        new = {
+            "choice": judgement.choice,
+            "ranking": groups,
+            "strength": judgement.strength,
+            "rationale": judgement.rationale.strip(),
+            "flags": _all_flags(judgement, reply_flags),
+            "reply_flags": reply_flags,
+            "gold_correct": _gold_correct(stored.task, groups, judgement.choice),
+        }
+        if all(getattr(stored, field) == value for field, value in new.items()):
+            return stored, False
+        JudgementRevision.objects.create(
+            judgement=stored,
+            number=stored.revision,
+            choice=stored.choice,
+            ranking=stored.ranking,
+            strength=stored.strength,
+            rationale=stored.rationale,
+            flags=stored.flags,
+            reply_flags=stored.reply_flags,
+            time_spent_ms=stored.time_spent_ms,
+            gold_correct=stored.gold_correct,
+            made_at=stored.revised_at or stored.created_at,
+            replaced_at=now,
+        )
+        for field, value in new.items():
+            setattr(stored, field, value)
+        stored.revision += 1
+        stored.revised_at = now
+        stored.save(update_fields=[*new, "revision", "revised_at"])
+        log.info("judgement %s revised by %s (version %s)", stored.pk, annotator.pk, stored.revision)
         return stored, True
 
 
@@ -421,7 +555,7 @@ def add_comparison_task(*, prompt: Prompt, replies: list[GeneratedReply], priori
 _WORK = ("view", "add", "change")
 ADMIN_PERMISSIONS = {
     "labeling": {"project": _WORK, "prompt": _WORK, "response": _WORK, "comparisontask": _WORK, "taskresponse": _WORK,
-                 "assignment": ("view", "change"), "judgement": ("view",)},
+                 "assignment": ("view", "change"), "judgement": ("view",), "judgementrevision": ("view",)},
     "training": {"trainingrun": ("view", "change"), "modelversion": ("view", "change"), "projecttrainingsettings": _WORK},
     "django_celery_beat": {"periodictask": _WORK + ("delete",), "intervalschedule": _WORK + ("delete",),
                            "crontabschedule": _WORK + ("delete",), "clockedschedule": _WORK + ("delete",), "solarschedule": ("view",)},

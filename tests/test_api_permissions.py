@@ -50,7 +50,7 @@ MATRIX = [
     ("post", "/api/v1/projects/{p}/import/", "upload", {ANON: 401, ANNOTATOR: 403, ADMIN: 201}),
     ("get", "/api/v1/projects/{p}/export/?format=raw", None, {ANON: 401, ANNOTATOR: 403, ADMIN: 200}),
     ("get", "/api/v1/annotators/stats/", None, {ANON: 401, ANNOTATOR: 403, ADMIN: 200}),
-    ("get", "/api/schema/", None, {ANON: 200, ANNOTATOR: 200, ADMIN: 200}),
+    ("get", "/api/schema/", None, {ANON: 401, ANNOTATOR: 200, ADMIN: 200}),
 ]
 
 

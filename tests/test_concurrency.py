@@ -23,7 +23,7 @@ def test_sixteen_annotators_at_once_never_exceed_k_or_store_twice(project):
     project.overlap_k = 3
     project.save()
     import_items(project, make_items(30))
-    users = [create_annotator(username=f"worker{i}", password="x") for i in range(THREADS)]
+    users = [create_annotator(username=f"worker{i}", password="a-long-test-pass") for i in range(THREADS)]
     start = threading.Barrier(THREADS)
     successes: list[tuple[int, int]] = []  # (judgement id, user id)
     errors: list[str] = []
@@ -107,11 +107,11 @@ def test_a_task_locked_by_another_request_is_skipped_not_waited_for(project):
     holder.start()
     try:
         assert locked.wait(timeout=10)
-        user = create_annotator(username="eager", password="x")
+        user = create_annotator(username="eager", password="a-long-test-pass")
         assignment = assign_next_task(project=project, annotator=user)
         assert assignment.task_id == second.pk
     finally:
         release.set()
         holder.join()
-    other = create_annotator(username="later", password="x")
+    other = create_annotator(username="later", password="a-long-test-pass")
     assert assign_next_task(project=project, annotator=other).task_id == first.pk

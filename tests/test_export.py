@@ -50,7 +50,7 @@ def judged_project(project):
     project.overlap_k = 3
     project.save()
     for name in ("u1", "u2", "u3"):
-        user = create_annotator(username=name, password="x")
+        user = create_annotator(username=name, password="a-long-test-pass")
         while (assignment := assign_next_task(project=project, annotator=user)) is not None:
             texts = {r.pk: r.text for r in assignment.task.responses.all()}
             first_good = texts[assignment.display_order[0]] in ("Paris.", "hello")

@@ -78,8 +78,10 @@ def test_invalid_form_shows_the_field_and_keeps_the_task(client, project, annota
     client.get(reverse("labeling:label", args=[project.pk]))
     assignment = Assignment.objects.get()
     response = client.post(reverse("labeling:submit", args=[assignment.pk]), {"choice": "A"})
-    assert response.status_code == 400
-    assert "strength" in response.content.decode() and Judgement.objects.count() == 0
+    # post/redirect/get: back to the task's GET-able page, which shows the error and the input
+    assert response.status_code == 302 and response["Location"] == reverse("labeling:label", args=[project.pk])
+    page = client.get(response["Location"]).content.decode()
+    assert "strength" in page and 'value="A" id="choice-A" checked' in page and Judgement.objects.count() == 0
 
 
 def test_foreign_assignment_page_is_403(client, project, annotator, other_annotator):

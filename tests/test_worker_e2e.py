@@ -162,7 +162,7 @@ def test_closed_loop_improves_the_policy_on_the_hidden_rule(loop_env, admin_user
     rules.reward_config = {"lr": 1e-3, "epochs": 5, "batch_size": 8}
     rules.reward_min_judgements = SMALL_DATA  # the other gates still apply
     rules.save()
-    annotators = [create_annotator(username=f"sim{i}", password="x") for i in range(3)]
+    annotators = [create_annotator(username=f"sim{i}", password="a-long-test-pass") for i in range(3)]
     first_round = judge_queue(project, annotators)
     assert sum(1 for j in first_round if j["choice"] != "tie") >= 30
 

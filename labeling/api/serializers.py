@@ -1,5 +1,6 @@
 """Input and output serializers of the REST API, one pair per use case."""
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..exporting import AGGREGATES
@@ -11,7 +12,11 @@ from ..models import FLAG_CHOICES, Choice, ComparisonTask, Judgement, Project, T
 class ProjectSerializer(serializers.ModelSerializer):
     class Meta:
         model = Project
-        fields = ["id", "name", "guidelines", "overlap_k", "lease_seconds", "gold_rate", "max_responses", "is_active", "created_at"]
+        fields = [
+            "id", "name", "guidelines", "overlap_k", "lease_seconds", "gold_rate", "max_responses", "is_active", "created_at",
+            "description", "revision_hours",
+        ]
+        extra_kwargs = {"revision_hours": {"allow_null": False}}
         read_only_fields = ["id", "created_at"]
 
 
@@ -45,20 +50,40 @@ class JudgementInput(serializers.Serializer):
         help_text="choice 'ranking' only: one rank per reply in display order, 1 = best, ties allowed",
     )
     rationale = serializers.CharField(required=False, allow_blank=True, max_length=5000, trim_whitespace=True)
-    flags = serializers.ListField(child=serializers.ChoiceField(choices=FLAG_CHOICES), required=False)
+    flags = serializers.ListField(
+        child=serializers.ChoiceField(choices=FLAG_CHOICES), required=False,
+        help_text="flags on the comparison as a whole; flags on single replies go in reply_flags",
+    )
+    reply_flags = serializers.DictField(
+        child=serializers.ListField(child=serializers.ChoiceField(choices=FLAG_CHOICES)),
+        required=False, allow_null=True,
+        help_text='flags on single replies, by reply label: {"B": ["unsafe"]}; stored judgements list them in flags too',
+    )
     time_spent_ms = serializers.IntegerField(min_value=0, max_value=24 * 3600 * 1000, required=False, allow_null=True)
     idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=100)
 
 
+LABELLED_FLAGS = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+
+
 class JudgementOutput(serializers.ModelSerializer):
-    """What an annotator gets back about their own judgement."""
+    """What an annotator gets back about their own judgement (its latest version)."""
 
     task_id = serializers.IntegerField()
     assignment_id = serializers.IntegerField()
+    reply_flags = serializers.SerializerMethodField(help_text='flags on single replies, by reply label: {"B": ["unsafe"]}')
 
     class Meta:
         model = Judgement
-        fields = ["id", "task_id", "assignment_id", "choice", "strength", "rationale", "flags", "time_spent_ms", "idempotency_key", "created_at"]
+        fields = [
+            "id", "task_id", "assignment_id", "choice", "strength", "rationale", "flags", "time_spent_ms", "idempotency_key", "created_at",
+            "reply_flags", "revision", "revised_at",
+        ]
+
+    @extend_schema_field(LABELLED_FLAGS)
+    def get_reply_flags(self, judgement) -> dict:
+        label = {str(rid): "ABCDEFGH"[i] for i, rid in enumerate(judgement.display_order)}
+        return {label.get(rid, rid): flags for rid, flags in (judgement.reply_flags or {}).items()}
 
 
 class JudgementAdminOutput(serializers.ModelSerializer):
@@ -70,6 +95,7 @@ class JudgementAdminOutput(serializers.ModelSerializer):
         fields = [
             "id", "task", "project_id", "annotator", "source", "choice", "ranking", "strength", "rationale",
             "flags", "display_order", "time_spent_ms", "gold_correct", "created_at",
+            "reply_flags", "revision", "revised_at",
         ]
 
 

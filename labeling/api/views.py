@@ -115,6 +115,7 @@ class SubmitView(APIView):
                 flags=tuple(data.get("flags", ())),
                 time_spent_ms=data.get("time_spent_ms"),
                 idempotency_key=data.get("idempotency_key", ""),
+                reply_flags=data.get("reply_flags"),
             ),
         )
         return Response(JudgementOutput(judgement).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)

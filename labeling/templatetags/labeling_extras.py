@@ -1,5 +1,9 @@
+import html
+
 from django import template
+from django.utils.html import strip_tags
 from django.utils.safestring import mark_safe
+from django.utils.text import Truncator
 
 from ..rendering import render_markdown
 
@@ -15,3 +19,11 @@ def markdown_filter(text: str) -> str:
 @register.filter(name="letter")
 def letter(index: int) -> str:
     return "ABCDEFGH"[index]
+
+
+@register.filter(name="plain_summary")
+def plain_summary(text: str, length: int = 220) -> str:
+    """The first paragraph of a markdown text as plain text (escaped again on output)."""
+    first = (text or "").strip().split("\n\n")[0]
+    plain = html.unescape(strip_tags(render_markdown(first))).strip()
+    return Truncator(" ".join(plain.split())).chars(length)
