@@ -10,6 +10,7 @@ from training.ml.data import build_examples, split_by_prompt
 from training.ml.hooks import TrainerHooks, TrainingCancelled
 from training.ml.reward import (
     clearly_worse,
+    fit_temperature,
     RewardTrainingConfig,
     auto_epochs,
     collate,
@@ -164,13 +165,25 @@ def test_clearly_worse_needs_more_than_the_noise_of_the_set():
     assert not clearly_worse([x + 0.002 for x in noise], base, 2.0)
 
 
+def test_temperature_scaling_calibrates_an_over_confident_model():
+    """Pairs where the model is right 60% of the time with margins of +-4: P = sigmoid(4) = 0.98 is far
+    too sure; the fitted temperature brings sigmoid(margin / T) near 0.6 and lowers the loss."""
+    margins = [4.0] * 60 + [-4.0] * 40
+    t = fit_temperature(margins)
+    calibrated = 1 / (1 + math.exp(-4.0 / t))
+    assert abs(calibrated - 0.6) < 0.01
+    loss = lambda m, temp: sum(math.log1p(math.exp(-x / temp)) for x in m) / len(m)  # noqa: E731
+    assert loss(margins, t) < loss(margins, 1.0) and loss(margins, t) < math.log(2)
+    assert fit_temperature([]) == 1.0
+
+
 def test_early_stopping_keeps_the_best_checkpoint(tiny_policy_dir):
     """A rate far too high over-fits fast: training stops early and ends with the kept weights:
     the latest checkpoint whose early-stopping losses were not clearly worse than the lowest."""
     torch.manual_seed(0)
     model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
     train, val = examples(300)
-    config = RewardTrainingConfig(lr=3e-3, epochs=6, batch_size=16, patience=2, seed=0)
+    config = RewardTrainingConfig(lr=3e-3, epochs=6, batch_size=16, patience=2, seed=0, temperature_scaling=False)
     progress = []
     metrics = train_reward_model(model, tokenizer, train, val, config, hooks=TrainerHooks(on_progress=progress.append))
     _, held = early_stopping_split(train, config)

@@ -23,7 +23,10 @@ to over-fit, not for synthetic rules that any setting learns:
   of the lowest-loss checkpoint by more than `worse_by_standard_errors` (2) standard
   errors of the paired difference. Training stops after `patience` such evaluations in a
   row (one epoch), and the run ends with the latest checkpoint that was not clearly worse:
-  the full plan when nothing over-fits, the last good point when something does. The caller's validation set is never looked at while training: it
+  the full plan when nothing over-fits, the last good point when something does. Its
+  head is then divided by the temperature that minimises the early-stopping pairs' loss
+  (temperature scaling): the ranking, so the accuracy, is unchanged, and sigmoid(margin)
+  becomes a calibrated probability instead of an over-confident one. The caller's validation set is never looked at while training: it
   stays an untouched held-out set for the reported accuracy and the promotion gate. The
   loss, not the accuracy, is the criterion: it is smooth and it measures calibration,
   where the accuracy of a few dozen pairs moves in steps of several points.
@@ -95,6 +98,7 @@ class RewardTrainingConfig:
     patience: int = 4  # early-stopping evaluations in a row clearly worse than the lowest loss before training stops
     worse_by_standard_errors: float = 2.0  # "clearly worse": the paired mean loss difference in standard errors
     restore_best: bool = True  # end with the kept checkpoint: the latest one not clearly worse than the lowest loss
+    temperature_scaling: bool = True  # then divide the head by the temperature that calibrates the early-stopping pairs
     bf16: bool | None = None  # bfloat16 autocast (weights and optimiser stay float32); None = auto (CUDA with bf16)
     seed: int = 0
 
@@ -180,6 +184,7 @@ def evaluate(
     count_rewards = torch.zeros(1, dtype=torch.float64)
     mine = examples[rank::world]
     own_losses: list[float] = []
+    own_margins: list[float] = []
     for start in range(0, len(mine), config.eval_batch_size):
         chunk = mine[start : start + config.eval_batch_size]
         batch, index_maps = collate(chunk, pad_id)
@@ -195,6 +200,8 @@ def evaluate(
         worse = [b for pairs, _ in index_maps for _, b, _ in pairs]
         if better:
             difference = rewards[better] - rewards[worse]
+            if per_example:
+                own_margins.extend(difference.tolist())
             sums[1] += (difference > 0).sum().item()
             sums[2] += len(better)
             sums[3] += difference.sum().item()
@@ -214,8 +221,32 @@ def evaluate(
         "val_pairs": int(sums[2].item()),
         "reward_mean": mean,
         "reward_std": math.sqrt(max(sums[5].item() / k - mean**2, 0.0)),
-        **({"losses": [x for part in distributed.all_gather_objects(own_losses) for x in part]} if per_example else {}),
+        **({
+            "losses": [x for part in distributed.all_gather_objects(own_losses) for x in part],
+            "margins": [x for part in distributed.all_gather_objects(own_margins) for x in part],
+        } if per_example else {}),
     }
+
+
+def fit_temperature(margins: list[float], low: float = 0.25, high: float = 20.0) -> float:
+    """The T > 0 that minimises the mean Bradley-Terry loss -log sigmoid(margin / T) of these
+    pairs (golden-section search on log T; the loss is unimodal in it)."""
+    if not margins:
+        return 1.0
+    values = torch.tensor(margins, dtype=torch.float64)
+
+    def loss(log_t: float) -> float:
+        return torch.nn.functional.softplus(-values / math.exp(log_t)).mean().item()
+
+    a, b = math.log(low), math.log(high)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(60):
+        c, d = b - ratio * (b - a), a + ratio * (b - a)
+        if loss(c) < loss(d):
+            b = d
+        else:
+            a = c
+    return math.exp((a + b) / 2)
 
 
 def clearly_worse(losses: list[float], reference: list[float], z: float) -> bool:
@@ -398,6 +429,15 @@ def train_reward_model(
         model.load_state_dict(best_state)
     del best_state
 
+    temperature = 1.0
+    if held and config.temperature_scaling:
+        # Temperature scaling (Guo et al., 2017) on the early-stopping pairs: one scalar, so the
+        # ranking (accuracy) is unchanged while P(better) = sigmoid(margin) becomes calibrated;
+        # a reward model trained to low training loss is over-confident on new pairs otherwise.
+        temperature = fit_temperature(evaluate(model, held, pad_id, config, bf16=bf16, per_example=True)["margins"])
+        with torch.no_grad():
+            model.head.weight.div_(temperature)
+            model.head.bias.div_(temperature)
     reference = tokenize_examples(reference_examples, tokenizer, config) if reference_examples else (val or train)
     model.calibrate(raw_rewards(model, reference, pad_id, bf16=bf16))
     final = {
@@ -414,6 +454,7 @@ def train_reward_model(
         "best_step": best["step"] if held else step,
         "stopped_early": stopped_early,
         "restored_best": restored,
+        "temperature": temperature,
         "train_seconds": elapsed,
         "pairs_per_second": distributed.all_reduce_sum(torch.tensor([float(pairs_seen)])).item() / max(elapsed, 1e-9),
         "tokens_per_second": distributed.all_reduce_sum(torch.tensor([float(tokens_seen)])).item() / max(elapsed, 1e-9),
