@@ -28,6 +28,7 @@ def test_a_username_is_locked_after_the_limit_wherever_the_attempts_come_from(cl
     locked = sign_in(client, url, username, password, "10.0.1.1")  # right password, fresh address
     assert locked.status_code == 429
     assert b"Too many failed sign-ins" in locked.content and b"ask a labeling admin" in locked.content
+    assert b"for 15 minutes" in locked.content  # the cool-off in words (AXES_COOLOFF_MINUTES)
     assert "_auth_user_id" not in client.session
 
 

@@ -27,3 +27,14 @@ def plain_summary(text: str, length: int = 220) -> str:
     first = (text or "").strip().split("\n\n")[0]
     plain = html.unescape(strip_tags(render_markdown(first))).strip()
     return Truncator(" ".join(plain.split())).chars(length)
+
+
+@register.filter
+def duration(value) -> str:
+    """A timedelta in words: "15 minutes", "1 hour", "90 seconds"."""
+    seconds = int(value.total_seconds()) if hasattr(value, "total_seconds") else int(value or 0)
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
