@@ -572,8 +572,8 @@ def test_redis_restart_while_a_run_is_queued_and_while_one_is_running(private_po
     try:
         # the worker takes the first run (long enough to restart Redis under it; prefetch 1);
         # the second waits in the queue
-        first = shell(env, START_RUN.format(project=projects["first"], config={"reward": {"epochs": 8}}))["run"]
-        second = shell(env, START_RUN.format(project=projects["second"], config={"reward": {"epochs": 6}}))["run"]
+        first = shell(env, START_RUN.format(project=projects["first"], config={"reward": {"epochs": 60}}))["run"]
+        second = shell(env, START_RUN.format(project=projects["second"], config={"reward": {"epochs": 60}}))["run"]
         wait_until(lambda: run_row(first)["status"] == "running" and run_row(first)["progress"] > 0, 60, "the first run to be running")
         assert run_row(second)["status"] == "queued" and broker.llen("training") == 1
 
@@ -582,7 +582,7 @@ def test_redis_restart_while_a_run_is_queued_and_while_one_is_running(private_po
         private_redis.restart()
         assert broker.llen("training") == 0
         assert run_row(first)["status"] == "running", run_row(first)
-        done = wait_until(lambda: finished(first), 90, f"the first run to end\n{worker.log()}", interval=0.5)
+        done = wait_until(lambda: finished(first), 300, f"the first run to end\n{worker.log()}", interval=0.5)
         timings["first_run_end_after_restart_s"] = round(time.monotonic() - started, 1)
         assert done["status"] == "succeeded", f"{done}\n{worker.log()}"
 
@@ -592,7 +592,7 @@ def test_redis_restart_while_a_run_is_queued_and_while_one_is_running(private_po
         started = time.monotonic()
         private_redis.restart()
         assert run_row(second)["status"] == "running", run_row(second)
-        done = wait_until(lambda: finished(second), 90, f"the second run to end\n{worker.log()}", interval=0.5)
+        done = wait_until(lambda: finished(second), 300, f"the second run to end\n{worker.log()}", interval=0.5)
         timings["second_run_end_after_restart_s"] = round(time.monotonic() - started, 1)
         assert done["status"] == "succeeded", f"{done}\n{worker.log()}"
 
