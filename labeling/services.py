@@ -274,7 +274,7 @@ def _replay_differences(earlier, judgement: JudgementInput, display_order: list[
             differing.append("ranks")
     if judgement.strength != earlier.strength:
         differing.append("strength")
-    if (judgement.rationale.strip() if isinstance(judgement.rationale, str) else judgement.rationale) != earlier.rationale:
+    if (storable_text(judgement.rationale.strip()) if isinstance(judgement.rationale, str) else judgement.rationale) != earlier.rationale:
         differing.append("rationale")
     try:
         reply_flags = _stored_reply_flags(judgement, display_order)
@@ -360,7 +360,7 @@ def submit_judgement(
                     choice=judgement.choice,
                     ranking=groups,
                     strength=judgement.strength,
-                    rationale=judgement.rationale.strip(),
+                    rationale=storable_text(judgement.rationale.strip()),  # a form can carry NUL; the API refuses it
                     flags=_all_flags(judgement, reply_flags),
                     reply_flags=reply_flags,
                     display_order=display_order,
@@ -439,7 +439,7 @@ def revise_judgement(*, annotator, judgement_id: int, judgement: JudgementInput,
             "choice": judgement.choice,
             "ranking": groups,
             "strength": judgement.strength,
-            "rationale": judgement.rationale.strip(),
+            "rationale": storable_text(judgement.rationale.strip()),
             "flags": _all_flags(judgement, reply_flags),
             "reply_flags": reply_flags,
             "gold_correct": _gold_correct(stored.task, groups, judgement.choice),
@@ -482,7 +482,7 @@ def skip_task(*, annotator, assignment_id: int, reason: str = "", now: datetime 
             raise AlreadyClosed(f"this assignment was already {assignment.state}")
         assignment.state = AssignmentState.SKIPPED
         assignment.completed_at = now
-        assignment.skip_reason = reason.strip()
+        assignment.skip_reason = storable_text(reason.strip())
         assignment.save(update_fields=["state", "completed_at", "skip_reason"])
         return assignment
 

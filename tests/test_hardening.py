@@ -274,3 +274,18 @@ def test_submitting_to_a_deactivated_project_is_a_409(project, tasks, annotator)
     assert response.status_code == 409 and response.json()["code"] == "project_inactive"
     assert Judgement.objects.count() == 1 and Assignment.objects.get(pk=second.pk).state == "leased"
     assert api(annotator).post(url, body, format="json").status_code == 200  # a replay of what was stored still answers
+
+
+def test_page_forms_with_nul_or_broken_bytes_store_replacement_characters(client, project, tasks, annotator):
+    """The comparison page's form is not JSON: a NUL (or invalid UTF-8) in the rationale or the
+    skip reason reaches the service, which stores U+FFFD instead of failing at the database."""
+    client.force_login(annotator)
+    first = assign_next_task(project=project, annotator=annotator)
+    body = b"choice=A&strength=2&rationale=a%00b%ED%A0%80c"
+    response = client.post(f"/assignments/{first.pk}/submit/", data=body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 302
+    stored = Judgement.objects.get(assignment=first)
+    assert "\x00" not in stored.rationale and stored.rationale.startswith("a\ufffdb")
+    second = assign_next_task(project=project, annotator=annotator)
+    assert client.post(f"/assignments/{second.pk}/skip/", {"reason": "no\x00pe"}).status_code == 302
+    assert Assignment.objects.get(pk=second.pk).skip_reason == "no\ufffdpe"
