@@ -23,6 +23,7 @@ urlpatterns = [
     path("api/v1/", include("labeling.api.urls")),
     path("api/v1/", include("training.api.urls")),
     path("training/", include("training.urls")),
+    path("manage/", include("labeling.console.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", docs, name="api-docs"),
     path("", include("labeling.urls")),

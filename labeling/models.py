@@ -58,6 +58,16 @@ class Project(models.Model):
         help_text="How long after submitting an annotator may revise a judgement under "
         "'My recent judgements' (0: never). Only while the project is active.",
     )
+    open_to_all = models.BooleanField(
+        default=True,
+        help_text="Every annotator sees this project. Off: only the annotators assigned to it (and labeling admins).",
+    )
+    annotators = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="assigned_projects",
+        help_text="Annotators assigned to this project; they see it even when it is not open to all.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 
 from django.contrib.auth import get_user_model
-from django.db.models import Avg, Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import Avg, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -22,6 +22,28 @@ def active_lease_count(now: datetime) -> Coalesce:
         .values("n")[:1]
     )
     return Coalesce(Subquery(leases), Value(0))
+
+
+def project_open_to(project: Project, user) -> bool:
+    """Whether `user` may see and label `project` (active or not): it is open to all, they are
+    assigned to it, or they are a labeling admin."""
+    from .services import is_labeling_admin  # services imports this module
+
+    if project.open_to_all or is_labeling_admin(user):
+        return True
+    return project.annotators.filter(pk=user.pk).exists()
+
+
+def projects_for(user) -> QuerySet[Project]:
+    """The active projects `user` sees on the home page, in the API and may lease tasks from:
+    those open to all plus those assigned to them; labeling admins see every active project."""
+    from .services import is_labeling_admin  # services imports this module
+
+    projects = Project.objects.filter(is_active=True)
+    if is_labeling_admin(user):
+        return projects
+    assigned = Project.objects.filter(pk=OuterRef("pk"), annotators=user)
+    return projects.filter(Q(open_to_all=True) | Exists(assigned))
 
 
 def unseen_tasks(project: Project, annotator) -> QuerySet[ComparisonTask]:
@@ -97,7 +119,7 @@ def recent_judgements(*, annotator, limit: int = 20) -> QuerySet[Judgement]:
 
 
 def annotator_progress(*, annotator, now: datetime | None = None) -> list[dict]:
-    """Per active project: judged today, judged in total, tasks left for this annotator."""
+    """Per active project open to this annotator: judged today, judged in total, tasks left for them."""
     now = now or timezone.now()
     start_of_day = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
     counts = {
@@ -107,7 +129,7 @@ def annotator_progress(*, annotator, now: datetime | None = None) -> list[dict]:
         .annotate(total=Count("pk"), today=Count("pk", filter=Q(created_at__gte=start_of_day)))
     }
     progress = []
-    for project in Project.objects.filter(is_active=True).order_by("name"):
+    for project in projects_for(annotator).order_by("name"):
         row = counts.get(project.pk, {})
         progress.append(
             {

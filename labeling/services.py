@@ -1,4 +1,4 @@
-"""Write paths of the labeling app: lease the next task, submit or skip it, add accounts.
+"""Write paths of the labeling app: lease the next task, submit or skip it, manage accounts.
 
 Each public function is one use case in one transaction. Views, API views, admin actions
 and management commands call these and nothing below them.
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.password_validation import validate_password
 from django.contrib.auth.models import Group
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F, Value
 from django.utils import timezone
@@ -30,6 +31,7 @@ from .exceptions import (
     AlreadyClosed,
     AssignmentNotFound,
     IdempotencyConflict,
+    InvalidInput,
     InvalidJudgement,
     LeaseExpired,
     NotYourAssignment,
@@ -51,7 +53,7 @@ from .models import (
     TaskResponse,
     TaskStatus,
 )
-from .selectors import active_lease_count, current_lease, recent_judgements, unseen_tasks
+from .selectors import active_lease_count, current_lease, project_open_to, recent_judgements, unseen_tasks
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,10 @@ def assign_next_task(
 ) -> Assignment | None:
     """Lease the next task for `annotator`, or return None when the queue is empty.
 
+    Only from a project open to them (open to all, or assigned to them: NotYourAssignment
+    otherwise) and only while their account is active (deactivation and a lease request
+    meet on the user row's lock, so a deactivated annotator never gets a new lease).
+
     Steps: (1) serialize this annotator's requests by locking their user row; (2) resume
     an unexpired lease they already hold; (3) with probability gold_rate try an unseen gold
     task; (4) otherwise the highest-priority, least-judged open task this annotator has
@@ -115,8 +121,12 @@ def assign_next_task(
     """
     now = now or timezone.now()
     rng = rng or random.Random()
+    if not project_open_to(project, annotator):
+        raise NotYourAssignment("this project is not open to you: a labeling admin can assign you to it")
     with transaction.atomic():
-        get_user_model().objects.select_for_update().filter(pk=annotator.pk).first()
+        active = get_user_model().objects.select_for_update().filter(pk=annotator.pk).values_list("is_active", flat=True).first()
+        if not active:
+            raise NotYourAssignment("this account is deactivated")
 
         current = current_lease(project=project, annotator=annotator, now=now)
         if current is not None:
@@ -166,7 +176,7 @@ def _ranking_groups(judgement: JudgementInput, display_order: list[int]) -> list
     n = len(display_order)
     choice = judgement.choice
     if choice in (Choice.TIE, Choice.BOTH_BAD):
-        return [list(display_order)]
+        return [sorted(display_order)]  # a group's order means nothing: one verdict, one stored value
     if choice in (Choice.A, Choice.B):
         winner = 0 if choice == Choice.A else 1
         return [[display_order[winner]], [display_order[1 - winner]]]
@@ -175,7 +185,7 @@ def _ranking_groups(judgement: JudgementInput, display_order: list[int]) -> list
     for position, rank in enumerate(ranks):
         by_rank.setdefault(rank, []).append(display_order[position])
     assert len(ranks) == n
-    return [by_rank[rank] for rank in sorted(by_rank)]
+    return [sorted(by_rank[rank]) for rank in sorted(by_rank)]
 
 
 def validate_judgement(judgement: JudgementInput, n_responses: int) -> None:
@@ -578,15 +588,24 @@ def ensure_groups() -> tuple[Group, Group]:
     return annotators, admins
 
 
-def create_annotator(*, username: str, password: str, is_admin: bool = False, email: str = ""):
+def create_annotator(*, username: str, password: str, is_admin: bool = False, email: str = "", only_new: bool = False):
     """Create (or update the password of) an annotator; admins also get staff access.
 
-    The password must pass the AUTH_PASSWORD_VALIDATORS (ValidationError otherwise)."""
-    existing = get_user_model().objects.filter(username=username).first()
+    The password must pass the AUTH_PASSWORD_VALIDATORS (ValidationError otherwise).
+    `only_new` (the People page): an existing username, in any letter case, is a
+    ValidationError on `username` instead of a password change, checked again inside the
+    transaction so that two admins adding the same name at once cannot overwrite each other."""
+    users = get_user_model().objects
+    taken = ValidationError({"username": "a user with this username already exists"})
+    if only_new and users.filter(username__iexact=username).exists():
+        raise taken
+    existing = users.filter(username=username).first()
     validate_password(password, existing or get_user_model()(username=username, email=email))
     annotators, admins = ensure_groups()
     with transaction.atomic():
-        user, _ = get_user_model().objects.get_or_create(username=username, defaults={"email": email})
+        user, created = users.get_or_create(username=username, defaults={"email": email})
+        if only_new and not created:
+            raise taken
         user.set_password(password)
         if is_admin:
             user.is_staff = True
@@ -603,3 +622,102 @@ def is_labeling_admin(user) -> bool:
     if not user.is_authenticated:
         return False
     return user.is_superuser or user.is_staff or user.groups.filter(name=ADMINS_GROUP).exists()
+
+
+def _refuse_change(user, by) -> None:
+    refusal = account_change_refusal(user=user, by=by)
+    if refusal:
+        raise InvalidInput(refusal)
+
+
+def account_change_refusal(*, user, by) -> str | None:
+    """Why `by` may not change this account on the People pages, or None when they may.
+
+    Only a superuser changes a superuser: a labeling admin who could reset a superuser's
+    password or read their token could take that account over."""
+    if user.is_superuser and not by.is_superuser:
+        return "only a superuser can change a superuser's account"
+    return None
+
+
+def set_password(*, user, password: str, by) -> None:
+    """Give a user a new password (AUTH_PASSWORD_VALIDATORS apply: ValidationError otherwise).
+
+    Their other sessions end (Django ties a session to the password), and a sign-in lockout
+    on their username is lifted so that they can sign in with it at once."""
+    from axes.utils import reset as reset_sign_in_failures
+
+    _refuse_change(user, by)
+    validate_password(password, user)
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    reset_sign_in_failures(username=user.username)
+    log.info("password of user %s reset by %s", user.pk, by.pk)
+
+
+def api_token(user) -> Token:
+    """The user's API token, created on first use."""
+    return Token.objects.get_or_create(user=user)[0]
+
+
+def rotate_token(*, user, by) -> Token:
+    """Replace the user's API token; the old key stops working at once."""
+    _refuse_change(user, by)
+    with transaction.atomic():
+        Token.objects.filter(user=user).delete()
+        token = Token.objects.create(user=user)
+    log.info("API token of user %s rotated by %s", user.pk, by.pk)
+    return token
+
+
+def set_active(*, user, active: bool, by, now: datetime | None = None) -> int:
+    """Deactivate or reactivate an account; returns how many open leases deactivating ended.
+
+    An inactive user can neither sign in nor use their token. Their unexpired leases expire
+    now, so those tasks return to the pool at once instead of after lease_seconds. The user
+    row is locked first: assign_next_task locks it too and then checks is_active."""
+    _refuse_change(user, by)
+    if not active and user.pk == by.pk:
+        raise InvalidInput("you cannot deactivate your own account")
+    now = now or timezone.now()
+    with transaction.atomic():
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        user.is_active = active
+        user.save(update_fields=["is_active"])
+        ended = 0
+        if not active:
+            ended = Assignment.objects.filter(
+                annotator=user, state=AssignmentState.LEASED, expires_at__gt=now
+            ).update(expires_at=now)
+    log.info("user %s %s by %s (%s leases ended)", user.pk, "reactivated" if active else "deactivated", by.pk, ended)
+    return ended
+
+
+def set_role(*, user, is_admin: bool, by) -> None:
+    """Make a user a labeling admin (staff + labeling_admins) or a plain annotator.
+
+    Nobody demotes themself (the last admin could lock everyone out of these pages), and
+    a superuser stays an admin whatever their flags say."""
+    _refuse_change(user, by)
+    if not is_admin and user.pk == by.pk:
+        raise InvalidInput("you cannot remove your own admin role", field="role")
+    if not is_admin and user.is_superuser:
+        raise InvalidInput("a superuser is always an admin", field="role")
+    annotators, admins = ensure_groups()
+    with transaction.atomic():
+        user.is_staff = is_admin
+        user.save(update_fields=["is_staff"])
+        user.groups.add(annotators)
+        if is_admin:
+            user.groups.add(admins)
+        else:
+            user.groups.remove(admins)
+    log.info("user %s made %s by %s", user.pk, "an admin" if is_admin else "an annotator", by.pk)
+
+
+def set_assigned_projects(*, user, projects, by) -> None:
+    """Assign a user to exactly these projects. Leases they hold in a project they lose stay
+    valid until they expire; no new ones are served (assign_next_task checks)."""
+    _refuse_change(user, by)
+    user.assigned_projects.set(projects)
+    log.info("user %s assigned to projects %s by %s", user.pk, sorted(p.pk for p in projects), by.pk)

@@ -28,6 +28,7 @@ STRENGTHS = [(1, "slightly"), (2, "better"), (3, "significantly"), (4, "much bet
 FLAG_KEYS = {"unsafe": "U", "factually_wrong": "W", "other": "O"}
 DRAFT_KEY = "labeling.draft"
 MAX_DRAFT_TEXT = 20000
+NOT_OPEN = "This project is not open to you. A labeling admin can assign you to it; your projects are on the home page."
 
 
 @login_required
@@ -38,6 +39,8 @@ def home(request):
 @login_required
 def guidelines(request, project_id: int):
     project = get_object_or_404(Project, pk=project_id)
+    if not selectors.project_open_to(project, request.user):
+        return _forbidden(request, NOT_OPEN)
     # the key legend for the kinds of task the project has (pairwise when it has none yet)
     has_ranking = TaskResponse.objects.filter(task__project=project, position=2).exists()
     has_pairwise = not has_ranking or ComparisonTask.objects.filter(project=project).exclude(task_responses__position=2).exists()
@@ -133,9 +136,13 @@ def _compare_context(*, project: Project, task: ComparisonTask, display_order: l
 
 @login_required
 def label(request, project_id: int):
-    """Serve the annotator's current lease, or lease the next task."""
+    """Serve the annotator's current lease, or lease the next task (of a project open to them:
+    the app's 403 page otherwise, with the way to get access)."""
     project = get_object_or_404(Project, pk=project_id, is_active=True)
-    assignment = services.assign_next_task(project=project, annotator=request.user)
+    try:
+        assignment = services.assign_next_task(project=project, annotator=request.user)
+    except NotYourAssignment:  # the project is not open to them (assign_next_task checks)
+        return _forbidden(request, NOT_OPEN)
     if assignment is None:
         return render(request, "labeling/queue_empty.html", {"project": project})
     draft = _draft(request, f"assignment:{assignment.pk}")

@@ -105,7 +105,7 @@ def test_validation_error_keeps_every_input_and_a_reload_is_safe(live_server, tr
     assert "Judgement saved" in page.content()
     judgement = Judgement.objects.get()
     order = judgement.display_order
-    assert judgement.ranking == [[order[0]], [order[1], order[2]]] and judgement.strength == 3
+    assert judgement.ranking == [[order[0]], sorted([order[1], order[2]])] and judgement.strength == 3
     assert judgement.reply_flags == {str(order[1]): ["unsafe"], str(order[2]): ["factually_wrong"]}
     assert judgement.rationale == "C states a wrong date" and judgement.time_spent_ms > 0
     assert not errors, errors

@@ -82,7 +82,7 @@ def test_invalid_ranking_keeps_every_choice_rank_flag_and_rationale(client, proj
     assert response.status_code == 302
     judgement = Judgement.objects.get()
     order = assignment.display_order
-    assert judgement.ranking == [[order[0]], [order[1], order[2]]]
+    assert judgement.ranking == [[order[0]], sorted([order[1], order[2]])]  # tied replies are stored sorted
     assert judgement.reply_flags == {str(order[1]): ["unsafe", "other"], str(order[2]): ["factually_wrong"]}
     assert judgement.flags == ["unsafe", "other", "factually_wrong"]
     assert judgement.rationale == "B is <b>rude</b> & wrong"

@@ -116,7 +116,7 @@ def test_ranking_page_for_three_replies(client, project, annotator):
     assignment = Assignment.objects.get()
     client.post(reverse("labeling:submit", args=[assignment.pk]), {"choice": "ranking", "rank_0": "1", "rank_1": "1", "rank_2": "2"})
     order = assignment.display_order
-    assert Judgement.objects.get().ranking == [[order[0], order[1]], [order[2]]]
+    assert Judgement.objects.get().ranking == [sorted([order[0], order[1]]), [order[2]]]
 
 
 def test_guidelines_and_login_required(client, project, annotator):

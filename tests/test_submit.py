@@ -100,7 +100,7 @@ def test_ranking_for_more_than_two_replies(project, annotator):
     ok = api(annotator).post(url, {"choice": "ranking", "ranks": [2, 1, 2]}, format="json")
     assert ok.status_code == 201, ok.content
     order = assignment.display_order
-    assert Judgement.objects.get().ranking == [[order[1]], [order[0], order[2]]]
+    assert Judgement.objects.get().ranking == [[order[1]], sorted([order[0], order[2]])]
 
 
 def test_expired_lease_is_409_and_changes_nothing(project, tasks, annotator):

@@ -251,7 +251,7 @@ def test_promote_and_roll_back(db, models_on_disk, admin_user):
     api = APIClient()
     api.force_authenticate(admin_user)
     response = api.post(f"/api/v1/projects/{project.pk}/rollback/", {"kind": "reward"}, format="json")
-    assert response.status_code == 200 and response.json()["id"] == first.pk
+    assert response.status_code == 200 and response.json()["active"]["id"] == first.pk and response.json()["builtin"] is False
     first.refresh_from_db(), second.refresh_from_db()
     assert (first.status, second.status) == ("active", "retired")
     assert api.post(f"/api/v1/model-versions/{second.pk}/promote/").status_code == 200

@@ -8,14 +8,14 @@ from . import services
 from .models import ModelVersion, ProjectTrainingSettings, RunKind, TrainingRun
 
 
-def _report(modeladmin, request, action, items):
+def _report(modeladmin, request, action, items, describe=lambda result: "done"):
     for item in items:
         try:
-            action(item)
+            result = action(item)
         except LabelingError as error:
             modeladmin.message_user(request, f"{item}: {error.message}", messages.ERROR)
         else:
-            modeladmin.message_user(request, f"{item}: done")
+            modeladmin.message_user(request, f"{item}: {describe(result)}")
 
 
 @admin.register(TrainingRun)
@@ -54,7 +54,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
     @admin.action(description="Roll back to the version active before (per project and kind)")
     def roll_back(self, request, queryset):
         pairs = {(v.project, v.kind) for v in queryset}
-        _report(self, request, lambda pair: services.roll_back(project=pair[0], kind=pair[1]), pairs)
+        _report(
+            self, request, lambda pair: services.roll_back(project=pair[0], kind=pair[1]), pairs,
+            describe=lambda active: f"rolled back; now active: {active}" if active else "rolled back; now the built-in default policy",
+        )
 
 
 @admin.register(ProjectTrainingSettings)

@@ -11,7 +11,7 @@ from django.utils import timezone
 from labeling.models import Choice, Judgement, Project, Prompt, TaskResponse
 from training.ml.data import Judgement as TrainingJudgement
 
-from .models import ModelVersion, RunStatus, TrainingRun
+from .models import ModelVersion, RunKind, RunStatus, TrainingRun
 
 
 def _with_replies(judgements):
@@ -89,3 +89,37 @@ def eta_seconds(run: TrainingRun, now=None) -> float | None:
         return None
     elapsed = ((now or timezone.now()) - run.started_at).total_seconds()
     return max(0.0, elapsed * (1 - run.progress) / run.progress)
+
+
+def duration_seconds(run: TrainingRun, now=None) -> float | None:
+    """How long the run took (finished - started); for a running run, the time so far."""
+    if run.started_at is None:
+        return None
+    end = run.finished_at or ((now or timezone.now()) if run.status == RunStatus.RUNNING else None)
+    return None if end is None else max(0.0, (end - run.started_at).total_seconds())
+
+
+# What a cycle's row shows of each stage (the dashboard labels them).
+STAGE_KEY_METRICS = {
+    RunKind.REWARD: ("val_accuracy", "val_pairs", "version", "promoted"),
+    RunKind.PPO: ("reward_gain", "kl", "version", "promoted"),
+    RunKind.GENERATE: ("tasks_created",),
+    RunKind.SFT: ("train_loss", "version", "promoted"),
+}
+
+
+def stage_summaries(run: TrainingRun) -> list[dict]:
+    """A cycle's child runs in the order they ran, each with its key metrics only, so that
+    the cycle's row can say what the cycle did without the client loading every child."""
+    if run.kind != RunKind.CYCLE:
+        return []
+    stages = sorted(run.stages.all(), key=lambda stage: stage.pk)  # prefetched by the API views
+    return [
+        {
+            "id": stage.pk,
+            "kind": stage.kind,
+            "status": stage.status,
+            "metrics": {k: stage.metrics[k] for k in STAGE_KEY_METRICS.get(stage.kind, ()) if k in (stage.metrics or {})},
+        }
+        for stage in stages
+    ]

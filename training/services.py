@@ -24,6 +24,7 @@ from .models import (
     RunKind,
     RunStatus,
     TrainingRun,
+    VersionKind,
     VersionStatus,
 )
 
@@ -199,21 +200,47 @@ def promote_version(*, version: ModelVersion, note: str = "") -> ModelVersion:
     return version
 
 
-def roll_back(*, project: Project, kind: str) -> ModelVersion:
-    """Re-activate the version that was active before the current one."""
+ROLLBACK_TARGETS = ("previous", "builtin")
+
+
+def roll_back(*, project: Project, kind: str, to: str = "previous") -> ModelVersion | None:
+    """Re-activate the version that was active before the current one; None when the
+    project is back on the built-in default policy.
+
+    A policy has a built-in default to fall back to (DEFAULT_POLICY_PATH), so rolling back
+    past its first version, or `to="builtin"`, leaves no policy version active and the
+    runner starts PPO, SFT and generation from the default (runner._starting_policy). A
+    reward model has nothing to fall back to: rolling back past its first version is a 409.
+    """
+    if to not in ROLLBACK_TARGETS:
+        raise InvalidTrainingRequest(f"must be one of {', '.join(ROLLBACK_TARGETS)}", field="to")
+    has_builtin = kind == VersionKind.POLICY
+    if to == "builtin" and not has_builtin:
+        raise InvalidTrainingRequest(f"only a policy has a built-in default; a {kind} can only go back to its previous version", field="to")
     with transaction.atomic():
+        # lock the project row: two roll backs at once must not both step back from the same version
+        Project.objects.select_for_update().filter(pk=project.pk).first()
         current = ModelVersion.objects.select_for_update().filter(project=project, kind=kind, status=VersionStatus.ACTIVE).first()
         if current is None:
+            if has_builtin:
+                if to == "builtin":
+                    return None  # already there: asking twice is not an error
+                raise VersionNotPromotable("the built-in default policy is in use: there is nothing earlier to roll back to")
             raise VersionNotPromotable(f"no active {kind} version to roll back from")
-        previous = (
-            ModelVersion.objects.filter(project=project, kind=kind, status=VersionStatus.RETIRED, promoted_at__isnull=False, number__lt=current.number)
-            .order_by("-number")
-            .first()
-        )
-        if previous is None:
-            raise VersionNotPromotable(f"{kind} v{current.number} has no earlier active version to return to")
+        previous = None
+        if to == "previous":
+            previous = (
+                ModelVersion.objects.filter(project=project, kind=kind, status=VersionStatus.RETIRED, promoted_at__isnull=False, number__lt=current.number)
+                .order_by("-number")
+                .first()
+            )
+            if previous is None and not has_builtin:
+                raise VersionNotPromotable(f"{kind} v{current.number} has no earlier active version to return to")
         current.status = VersionStatus.RETIRED
         current.save(update_fields=["status"])
+        if previous is None:
+            log.info("project %s: %s v%s retired, back on the built-in default policy", project.pk, kind, current.number)
+            return None
         previous.status, previous.promoted_at = VersionStatus.ACTIVE, timezone.now()
         previous.save(update_fields=["status", "promoted_at"])
     return previous

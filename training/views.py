@@ -3,21 +3,30 @@
 import re
 
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import HttpResponseBadRequest
+from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from labeling.models import Project
 
-from .models import RunKind
+from . import services
+from .models import RunKind, VersionKind
 
 
 @staff_member_required
 @ensure_csrf_cookie
 def dashboard(request):
+    """?project=<id> selects the project (the project pages link here); without it, the first by name."""
     projects = Project.objects.order_by("name")
     raw = request.GET.get("project", "")
     if raw and not (re.fullmatch(r"[0-9]{1,18}", raw) and int(raw) > 0):
         return HttpResponseBadRequest("project: must be a project id (a whole number from 1)\n", content_type="text/plain; charset=utf-8")
     selected = projects.filter(pk=int(raw)).first() if raw else projects.first()
-    return render(request, "training/dashboard.html", {"projects": projects, "project": selected, "kinds": RunKind.choices})
+    if raw and selected is None:
+        raise Http404("no such project")  # not silently another project's dashboard
+    context = {"projects": projects, "project": selected, "kinds": RunKind.choices}
+    if selected is not None:
+        # rendered once here so the page says it before the first poll; dashboard.js keeps it current
+        context["active_policy"] = services.active_version(selected, VersionKind.POLICY)
+        context["active_reward"] = services.active_version(selected, VersionKind.REWARD)
+    return render(request, "training/dashboard.html", context)

@@ -1,5 +1,7 @@
 """Input and output serializers of the REST API, one pair per use case."""
 
+from django.contrib.auth import get_user_model
+from django.utils.functional import cached_property
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -7,17 +9,48 @@ from ..exporting import AGGREGATES
 from ..exporting import FORMATS as EXPORT_FORMATS
 from ..importing.formats import FORMATS as IMPORT_FORMATS
 from ..models import FLAG_CHOICES, Choice, ComparisonTask, Judgement, Project, TaskStatus
+from ..services import is_labeling_admin
+
+
+class UserIdField(serializers.PrimaryKeyRelatedField):
+    """A user's id as a JSON integer: 1.5, "1" and true are refused, not read as user 1."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        return super().to_internal_value(data)
 
 
 class ProjectSerializer(serializers.ModelSerializer):
+    """`annotators` (the ids of those assigned) is written and read by labeling admins only:
+    an annotator's answer leaves it out, as it would tell them who else works on a project."""
+
+    annotators = UserIdField(
+        many=True,
+        required=False,
+        queryset=get_user_model().objects.all(),
+        help_text="ids of the users assigned to the project: they see it even when it is not open to all (admins only)",
+    )
+
     class Meta:
         model = Project
         fields = [
             "id", "name", "guidelines", "overlap_k", "lease_seconds", "gold_rate", "max_responses", "is_active", "created_at",
-            "description", "revision_hours",
+            "description", "revision_hours", "open_to_all", "annotators",
         ]
         extra_kwargs = {"revision_hours": {"allow_null": False}}
         read_only_fields = ["id", "created_at"]
+
+    @cached_property
+    def _shows_annotators(self) -> bool:  # once per list, not once per project
+        request = self.context.get("request")
+        return request is None or is_labeling_admin(request.user)
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if not self._shows_annotators:
+            data.pop("annotators", None)
+        return data
 
 
 class ReplyOutput(serializers.Serializer):

@@ -54,7 +54,8 @@ def validated_query(serializer_class, request) -> dict:
 
 
 class ProjectViewSet(viewsets.ModelViewSet):
-    """Projects: every signed-in user reads them; labeling admins create and edit."""
+    """Projects: signed-in users read the active ones open to them (open to all or assigned
+    to them); labeling admins read every project, create and edit them."""
 
     serializer_class = ProjectSerializer
     permission_classes = [ReadAnyWriteAdmin]
@@ -63,8 +64,8 @@ class ProjectViewSet(viewsets.ModelViewSet):
 
     def get_queryset(self):
         if services.is_labeling_admin(self.request.user):
-            return self.queryset
-        return self.queryset.filter(is_active=True)
+            return self.queryset.prefetch_related("annotators")
+        return selectors.projects_for(self.request.user).order_by("name")
 
 
 def assignment_payload(assignment: Assignment) -> dict:
@@ -83,7 +84,8 @@ def assignment_payload(assignment: Assignment) -> dict:
 
 
 class NextTaskView(APIView):
-    """Lease the next task of a project (or resume the one you hold). 204 when none is left."""
+    """Lease the next task of a project (or resume the one you hold). 204 when none is left;
+    403 (code `forbidden`) for a project not open to you."""
 
     @extend_schema(request=None, responses={200: AssignmentOutput, 204: OpenApiResponse(description="queue empty")})
     def post(self, request, project_id: int):

@@ -16,7 +16,7 @@ judgements wanted from people.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -178,7 +178,32 @@ def import_stream(
     skip_invalid: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
-    """Import a binary stream in format `fmt`; raise ImportFailed and change nothing on error."""
+    """Import a binary stream in format `fmt`; raise ImportFailed and change nothing on error.
+    on_progress(n) is told of every n more bytes read (after each batch)."""
+    steps = import_steps(project=project, stream=stream, fmt=fmt, source=source, with_labels=with_labels, skip_invalid=skip_invalid)
+    reported = 0
+    while True:
+        try:
+            read = next(steps)
+        except StopIteration as done:
+            return done.value
+        if on_progress and read > reported:
+            on_progress(read - reported)
+            reported = read
+
+
+def import_steps(
+    *,
+    project: Project,
+    stream: io.BufferedIOBase,
+    fmt: str,
+    source: str = "",
+    with_labels: bool = False,
+    skip_invalid: bool = False,
+) -> Generator[int, None, ImportReport]:
+    """import_stream, one batch at a time: yields the bytes read so far after each batch
+    (for a progress bar) and returns the report. The transaction spans the whole import,
+    so a caller that stops early (closes the generator, a client gone) imports nothing."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", field="format")
     if with_labels and fmt not in LABELLED_FORMATS:
@@ -188,13 +213,14 @@ def import_stream(
         )
     report = ImportReport()
     errors: list[tuple[int, str]] = []
+    read = 0
 
     def valid_records():
+        nonlocal read
         for line, item, consumed in iter_records(
             stream, fmt, max_responses=project.max_responses, max_line_bytes=settings.IMPORT_MAX_LINE_BYTES
         ):
-            if on_progress and consumed:
-                on_progress(consumed)
+            read += consumed or 0
             report.lines_with_items += 1
             if isinstance(item, RecordError):
                 report.skipped_count += 1
@@ -208,9 +234,9 @@ def import_stream(
     with transaction.atomic():
         labeller = pseudo_annotator(fmt) if with_labels else None
         for batch in batched(valid_records(), BATCH_SIZE):
-            if errors and not skip_invalid:
-                continue
-            _write_batch(project, batch, source, labeller, report)
+            if not (errors and not skip_invalid):
+                _write_batch(project, batch, source, labeller, report)
+            yield read
         if errors and not skip_invalid:
             raise ImportFailed(errors, total_errors=report.skipped_count)
         if report.lines_with_items == 0:

@@ -1,9 +1,10 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from labeling.api.serializers import id_filter
 
 from ..models import ModelVersion, RunKind, RunStatus, TrainingRun, VersionKind, VersionStatus
-from ..selectors import eta_seconds
+from ..selectors import duration_seconds, eta_seconds, stage_summaries
 
 
 class RunQuery(serializers.Serializer):
@@ -24,21 +25,37 @@ class StartRunInput(serializers.Serializer):
     config = serializers.JSONField(required=False, default=dict)
 
 
+class StageOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=RunKind.choices)
+    status = serializers.CharField(help_text="the stage run's status: " + ", ".join(RunStatus.values))  # not an enum: its name would collide
+    metrics = serializers.DictField(help_text="the stage's key metrics only (selectors.STAGE_KEY_METRICS)")
+
+
 class RunOutput(serializers.ModelSerializer):
     requested_by = serializers.CharField(source="requested_by.username", default=None)
     versions = serializers.SerializerMethodField()
     eta_seconds = serializers.SerializerMethodField(help_text="seconds left, extrapolated from progress (running runs only)")
+    duration_seconds = serializers.SerializerMethodField(help_text="finished_at - started_at; for a running run, the time so far")
+    stages = serializers.SerializerMethodField(help_text="a cycle's child runs with their key metrics, in the order they ran")
 
     class Meta:
         model = TrainingRun
         fields = [
             "id", "project", "kind", "status", "parent", "config", "progress", "eta_seconds", "metrics", "metric_series", "log_tail",
             "error", "cancel_requested", "celery_task_id", "heartbeat_at", "requested_by", "created_at", "started_at",
-            "finished_at", "versions",
+            "finished_at", "duration_seconds", "versions", "stages",
         ]
 
     def get_eta_seconds(self, run) -> float | None:
         return eta_seconds(run)
+
+    def get_duration_seconds(self, run) -> float | None:
+        return duration_seconds(run)
+
+    @extend_schema_field(StageOutput(many=True))
+    def get_stages(self, run) -> list[dict]:
+        return stage_summaries(run)
 
     def get_versions(self, run) -> list[int]:
         return [v.pk for v in run.versions.all()]
@@ -52,3 +69,21 @@ class VersionOutput(serializers.ModelSerializer):
 
 class RollbackInput(serializers.Serializer):
     kind = serializers.ChoiceField(choices=VersionKind.choices)
+    to = serializers.ChoiceField(
+        choices=[("previous", "the version active before the current one"), ("builtin", "the built-in default policy (policy only)")],
+        default="previous",
+        help_text="previous: the version active before the current one (a policy with none goes back to the built-in default); "
+        "builtin: no policy version active, generation and PPO start from the built-in default policy",
+    )
+
+    def validate(self, data):
+        if data["to"] == "builtin" and data["kind"] != VersionKind.POLICY:
+            raise serializers.ValidationError({"to": [f"only a policy has a built-in default, not a {data['kind']}"]})
+        return data
+
+
+class RollbackOutput(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=VersionKind.choices)
+    builtin = serializers.BooleanField(help_text="true: no version of this kind is active; the built-in default policy is used")
+    active = VersionOutput(allow_null=True, help_text="the version now active (null with builtin)")
+    detail = serializers.CharField()

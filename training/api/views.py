@@ -1,7 +1,8 @@
 """REST endpoints for training runs and model versions (labeling admins only)."""
 
+from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,7 +14,14 @@ from .. import selectors, services
 from ..models import ModelVersion, TrainingRun
 from labeling.api.views import validated_query
 
-from .serializers import RollbackInput, RunOutput, RunQuery, StartRunInput, VersionOutput, VersionQuery
+from .serializers import RollbackInput, RollbackOutput, RunOutput, RunQuery, StartRunInput, VersionOutput, VersionQuery
+
+
+def runs_for_output():
+    """Runs with what RunOutput reads prefetched (requested_by, versions, a cycle's stages)."""
+    return TrainingRun.objects.select_related("requested_by").prefetch_related(
+        "versions", Prefetch("stages", queryset=TrainingRun.objects.order_by("pk"))
+    )
 
 
 class TrainingRunListView(generics.ListAPIView):
@@ -23,7 +31,7 @@ class TrainingRunListView(generics.ListAPIView):
     serializer_class = RunOutput
 
     def get_queryset(self):
-        runs = TrainingRun.objects.select_related("requested_by").prefetch_related("versions").order_by("-created_at")
+        runs = runs_for_output().order_by("-created_at")
         return runs.filter(**validated_query(RunQuery, self.request))
 
     @extend_schema(parameters=[RunQuery])
@@ -43,7 +51,9 @@ class TrainingRunListView(generics.ListAPIView):
 class TrainingRunDetailView(generics.RetrieveAPIView):
     permission_classes = [IsLabelingAdmin]
     serializer_class = RunOutput
-    queryset = TrainingRun.objects.prefetch_related("versions")
+
+    def get_queryset(self):
+        return runs_for_output()
 
 
 class CancelRunView(APIView):
@@ -79,11 +89,28 @@ class PromoteVersionView(APIView):
 
 
 class RollbackView(APIView):
+    """Step the active version of a kind back (to: previous), or put the project back on
+    the built-in default policy (kind: policy, to: builtin)."""
+
     permission_classes = [IsLabelingAdmin]
 
-    @extend_schema(request=RollbackInput, responses=VersionOutput)
+    @extend_schema(
+        request=RollbackInput,
+        responses={
+            200: RollbackOutput,
+            400: OpenApiResponse(description="bad input: {field: [reason]}"),
+            404: OpenApiResponse(description="no such project"),
+            409: OpenApiResponse(description="nothing earlier to roll back to: {code, detail}"),
+        },
+    )
     def post(self, request, project_id: int):
         payload = RollbackInput(data=request.data)
         payload.is_valid(raise_exception=True)
-        version = services.roll_back(project=get_object_or_404(Project, pk=project_id), kind=payload.validated_data["kind"])
-        return Response(VersionOutput(version).data)
+        kind, to = payload.validated_data["kind"], payload.validated_data["to"]
+        version = services.roll_back(project=get_object_or_404(Project, pk=project_id), kind=kind, to=to)
+        if version is None:
+            detail = "no policy version is active: PPO, SFT and generation start from the built-in default policy"
+        else:
+            detail = f"{version} is active again"
+        body = {"kind": kind, "builtin": version is None, "active": VersionOutput(version).data if version else None, "detail": detail}
+        return Response(body)

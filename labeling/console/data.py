@@ -1,0 +1,469 @@
+"""Data pages: import in the browser (with progress and a downloadable error report),
+export as a download, the task browser with filters and search, the task page with
+every judgement, and the judgement list."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.core.paginator import Paginator
+from django.db.models import Count, Exists, OuterRef, Q
+from django.http import HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+
+from training.models import ModelVersion
+
+from .. import selectors
+from ..api.views import export_disposition
+from ..exceptions import ImportFailed, LabelingError
+from ..exporting import AGGREGATES
+from ..exporting import FORMATS as EXPORT_FORMATS
+from ..exporting import iter_export_lines
+from ..importing.formats import FORMATS as IMPORT_FORMATS
+from ..importing.services import LABELLED_FORMATS, import_steps
+from ..models import (
+    Assignment,
+    AssignmentState,
+    ComparisonTask,
+    Judgement,
+    JudgementSource,
+    Project,
+    Prompt,
+    TaskResponse,
+    TaskStatus,
+)
+from .common import labeling_admin_required
+
+PAGE_SIZE = 50
+REPORT_KEY = "console.import_report"
+PROGRESS_EVERY_S = 0.25
+IMPORT_FORMAT_HELP = {
+    "jsonl": "JSON Lines: {\"prompt\" or \"messages\", \"responses\": [...], \"metadata\"}",
+    "csv": "CSV with prompt and response_1 … response_K columns",
+    "hh": "Anthropic HH-RLHF: {\"chosen\", \"rejected\"} transcripts",
+    "trl": "TRL preference rows: {\"prompt\", \"chosen\", \"rejected\"}",
+}
+AGGREGATE_HELP = {"none": "one row per judgement", "majority": "one row per task and pair, by majority vote"}
+EXPORT_FORMAT_HELP = {
+    "trl": "TRL RewardTrainer / DPOTrainer rows: prompt, chosen, rejected, margin",
+    "hh": "HH-RLHF transcripts: chosen, rejected",
+    "raw": "every judgement as stored: annotator, choice, ranking, strength, rationale, flags, display order, times",
+}
+
+
+def _bad_request(request, form: forms.Form, what: str):
+    """A 400 page naming each bad query parameter and why."""
+    problems = [f"{name}: {' '.join(errors)}" for name, errors in form.errors.items()]
+    return render(request, "console/bad_request.html", {"what": what, "problems": problems}, status=400)
+
+
+# --------------------------------------------------------------------------- import
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField()
+    format = forms.ChoiceField(choices=[(f, f"{f}: {IMPORT_FORMAT_HELP[f]}") for f in IMPORT_FORMATS])
+    with_labels = forms.BooleanField(
+        required=False,
+        label="Import the file's preferences as judgements",
+        help_text=f"Formats that carry a preference ({', '.join(LABELLED_FORMATS)}); stored as an imported pseudo-annotator, never counted toward overlap.",
+    )
+    skip_invalid = forms.BooleanField(
+        required=False,
+        label="Skip invalid lines",
+        help_text="Import the valid lines and report the others. Off: one bad line rejects the whole file.",
+    )
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("with_labels") and cleaned.get("format") not in LABELLED_FORMATS:
+            self.add_error("with_labels", f"needs a format that carries a preference ({', '.join(LABELLED_FORMATS)})")
+        return cleaned
+
+
+def _report(upload_name: str, data: dict, *, ok: bool, counts: dict | None, errors: list, total_errors: int) -> dict:
+    return {
+        "ok": ok,
+        "file": upload_name,
+        "format": data["format"],
+        "with_labels": data["with_labels"],
+        "skip_invalid": data["skip_invalid"],
+        "counts": counts or {},
+        "errors": [{"line": line, "reason": reason} for line, reason in errors],
+        "total_errors": total_errors,
+        "at": timezone.now().isoformat(timespec="seconds"),
+    }
+
+
+def _run_import(project: Project, data: dict):
+    """Yield bytes read while importing; return the report dict (stored for the report page)."""
+    upload = data["file"]
+    name = os.path.basename(upload.name or "upload")[:200]
+    upload.seek(0)
+    steps = import_steps(
+        project=project,
+        stream=upload.file if hasattr(upload.file, "readline") else upload,
+        fmt=data["format"],
+        source=name,
+        with_labels=data["with_labels"],
+        skip_invalid=data["skip_invalid"],
+    )
+    try:
+        while True:
+            yield next(steps)
+    except StopIteration as done:
+        report = done.value
+        counts = {k: v for k, v in report.as_dict().items() if isinstance(v, int)}
+        return _report(name, data, ok=True, counts=counts, errors=report.skipped, total_errors=report.skipped_count)
+    except ImportFailed as failed:
+        return _report(name, data, ok=False, counts=None, errors=failed.errors, total_errors=failed.total_errors)
+    except LabelingError as error:
+        return _report(name, data, ok=False, counts=None, errors=[(0, error.message)], total_errors=1)
+
+
+def _store_report(request, project: Project, report: dict) -> None:
+    reports = request.session.get(REPORT_KEY) or {}
+    reports = {key: value for key, value in reports.items() if key != str(project.pk)}
+    reports[str(project.pk)] = report
+    request.session[REPORT_KEY] = dict(list(reports.items())[-5:])  # the last few projects' reports
+    request.session.save()
+
+
+def _stored_report(request, project: Project) -> dict | None:
+    reports = request.session.get(REPORT_KEY)
+    return reports.get(str(project.pk)) if isinstance(reports, dict) else None
+
+
+@labeling_admin_required
+def import_page(request, project_id: int):
+    """GET: the form and the last report. POST: import; with Accept: application/x-ndjson
+    (the page's script) the answer streams progress lines and ends with the report's URL,
+    otherwise (no script) it redirects to the report when done."""
+    project = get_object_or_404(Project, pk=project_id)
+    streaming = "application/x-ndjson" in request.headers.get("Accept", "")
+    if request.method == "POST":
+        form = ImportForm(request.POST, request.FILES)
+        if not form.is_valid():
+            if streaming:
+                problems = [{"field": name, "message": " ".join(errors)} for name, errors in form.errors.items()]
+                return HttpResponse(json.dumps({"errors": problems}), status=400, content_type="application/json")
+            return render(request, "console/import.html", {"project": project, "form": form, "report": None}, status=400)
+        data = form.cleaned_data
+        report_url = reverse("console:import", args=[project.pk]) + "#report"
+        if not streaming:
+            steps = _run_import(project, data)
+            try:
+                while True:
+                    next(steps)
+            except StopIteration as done:
+                _store_report(request, project, done.value)
+            return redirect(report_url)
+
+        def progress_lines():
+            total = data["file"].size or 0
+            yield json.dumps({"done": 0, "total": total}) + "\n"
+            steps = _run_import(project, data)
+            last = time.monotonic()
+            try:
+                while True:
+                    done = next(steps)
+                    if time.monotonic() - last >= PROGRESS_EVERY_S:
+                        last = time.monotonic()
+                        yield json.dumps({"done": min(done, total), "total": total}) + "\n"
+            except StopIteration as finished:
+                _store_report(request, project, finished.value)
+            yield json.dumps({"done": total, "total": total, "report": report_url}) + "\n"
+
+        response = StreamingHttpResponse(progress_lines(), content_type="application/x-ndjson")
+        response["X-Accel-Buffering"] = "no"  # nginx passes each progress line on at once
+        response["Cache-Control"] = "no-store"
+        return response
+    return render(
+        request,
+        "console/import.html",
+        {"project": project, "form": ImportForm(), "report": _stored_report(request, project)},
+    )
+
+
+@labeling_admin_required
+def import_report(request, project_id: int):
+    """The last import's report as a text file: one line per bad input line."""
+    project = get_object_or_404(Project, pk=project_id)
+    report = _stored_report(request, project)
+    if report is None:
+        return HttpResponse("No import report for this project in this session.\n", status=404, content_type="text/plain; charset=utf-8")
+    lines = [
+        f"import of {report['file']} into project {project.name} ({report['format']}) at {report['at']}",
+        ("imported: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["counts"].items()))
+        if report["ok"] else "rejected: nothing was imported",
+        f"invalid lines: {report['total_errors']}"
+        + (f" (the first {len(report['errors'])} are listed)" if report["total_errors"] > len(report["errors"]) else ""),
+        "",
+    ]
+    lines += [f"line {error['line']}: {error['reason']}" for error in report["errors"]]
+    response = HttpResponse("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = export_disposition(project.name, "import-report").replace(".jsonl", ".txt")
+    return response
+
+
+# --------------------------------------------------------------------------- export
+
+
+class ExportForm(forms.Form):
+    format = forms.ChoiceField(choices=[(f, f"{f}: {EXPORT_FORMAT_HELP[f]}") for f in EXPORT_FORMATS], initial="trl")
+    aggregate = forms.ChoiceField(
+        choices=[(a, f"{a}: {AGGREGATE_HELP[a]}") for a in AGGREGATES],
+        initial="none",
+        required=False,
+    )
+    since = forms.DateField(required=False, label="From (first day included)", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, label="To (last day included)", widget=forms.DateInput(attrs={"type": "date"}))
+    annotator = forms.CharField(
+        required=False, max_length=150, help_text="Only this annotator's judgements (username).",
+        widget=forms.TextInput(attrs={"list": "annotator-names"}),
+    )
+
+    def clean(self):
+        cleaned = super().clean()
+        cleaned["aggregate"] = cleaned.get("aggregate") or "none"
+        if cleaned.get("format") == "raw" and cleaned["aggregate"] != "none":
+            self.add_error("aggregate", "raw lists every judgement; aggregate applies to trl and hh")
+        if cleaned.get("since") and cleaned.get("until") and cleaned["since"] > cleaned["until"]:
+            self.add_error("until", "must not be before the first day")
+        return cleaned
+
+
+@labeling_admin_required
+def export_page(request, project_id: int):
+    """The export form; ?download=1 with valid options streams the file."""
+    project = get_object_or_404(Project, pk=project_id)
+    bound = "format" in request.GET
+    form = ExportForm(request.GET if bound else None)
+    if bound and form.is_valid() and request.GET.get("download") == "1":
+        options = form.cleaned_data
+        since, until = selectors.day_window(options.get("since"), options.get("until"))
+        lines = iter_export_lines(
+            project=project, fmt=options["format"], aggregate=options["aggregate"], since=since, until=until,
+            annotator=options.get("annotator") or None,
+        )
+        response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
+        response["Content-Disposition"] = export_disposition(project.name, options["format"])
+        return response
+    cli = api = None
+    if bound and form.is_valid():
+        options = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
+        flags = " ".join(f"--{k} {v}" for k, v in options.items() if k != "format" and not (k == "aggregate" and v == "none"))
+        cli = f"python manage.py export_preferences --project '{project.name}' --format {options['format']} {flags} --out export.jsonl"
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        api = f"{reverse('api-export', args=[project.pk])}?{query}"
+    annotators = (
+        get_user_model().objects.filter(judgements__task__project=project).distinct().order_by("username").values_list("username", flat=True)
+    )
+    status = 400 if bound and not form.is_valid() else 200
+    return render(
+        request, "console/export.html",
+        {"project": project, "form": form, "cli": cli, "api": api, "annotators": list(annotators[:500]), "valid": bound and form.is_valid()},
+        status=status,
+    )
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+YES_NO = [("", "any"), ("yes", "yes"), ("no", "no")]
+
+
+class TaskFilterForm(forms.Form):
+    q = forms.CharField(required=False, max_length=200, label="Search prompts and replies")
+    status = forms.ChoiceField(required=False, choices=[("", "any")] + list(TaskStatus.choices))
+    gold = forms.ChoiceField(required=False, choices=YES_NO)
+    source = forms.CharField(required=False, max_length=200, help_text="file the prompt came from")
+    version = forms.CharField(required=False, max_length=20, label="Model version")
+    disagreement = forms.ChoiceField(required=False, choices=YES_NO, label="Annotators disagree")
+    page = forms.IntegerField(required=False, min_value=1, max_value=10**6)
+
+    def clean_version(self):
+        value = self.cleaned_data.get("version") or ""
+        if value in ("", "imported"):
+            return value
+        if not value.isdigit() or not 0 < int(value) <= 2**62:
+            raise forms.ValidationError("must be a model version id or 'imported'")
+        return value
+
+    def clean_q(self):
+        value = self.cleaned_data.get("q") or ""
+        if "\x00" in value:
+            raise forms.ValidationError("must not contain NUL characters")
+        return value.strip()
+
+    def clean_source(self):
+        value = self.cleaned_data.get("source") or ""
+        if "\x00" in value:
+            raise forms.ValidationError("must not contain NUL characters")
+        return value
+
+
+def disagreement_task_ids(project: Project):
+    """Tasks whose human judgements do not all give the same ranking (stored in response
+    ids, best first, replies in a group sorted: the same verdict is the same value
+    whatever order each annotator saw)."""
+    return (
+        Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR)
+        .values("task")
+        .annotate(verdicts=Count("ranking", distinct=True))
+        .filter(verdicts__gt=1)
+        .values("task")
+    )
+
+
+def filtered_tasks(project: Project, filters: dict):
+    tasks = ComparisonTask.objects.filter(project=project)
+    if filters.get("status"):
+        tasks = tasks.filter(status=filters["status"])
+    if filters.get("gold"):
+        tasks = tasks.filter(is_gold=filters["gold"] == "yes")
+    if filters.get("source"):
+        tasks = tasks.filter(prompt__source=filters["source"])
+    version = filters.get("version")
+    if version == "imported":
+        tasks = tasks.exclude(Exists(TaskResponse.objects.filter(task=OuterRef("pk"), response__model_version__isnull=False)))
+    elif version:
+        tasks = tasks.filter(Exists(TaskResponse.objects.filter(task=OuterRef("pk"), response__model_version_id=int(version))))
+    if filters.get("disagreement"):
+        ids = disagreement_task_ids(project)
+        tasks = tasks.filter(pk__in=ids) if filters["disagreement"] == "yes" else tasks.exclude(pk__in=ids)
+    if filters.get("q"):
+        q = filters["q"]
+        tasks = tasks.filter(
+            Q(prompt__messages__icontains=q)
+            | Exists(TaskResponse.objects.filter(task=OuterRef("pk"), response__text__icontains=q))
+        )
+    return tasks
+
+
+def _last_user_turn(messages) -> str:
+    for message in reversed(messages or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return str(message.get("content", ""))
+    return str(messages[-1].get("content", "")) if messages else ""
+
+
+@labeling_admin_required
+def task_list(request, project_id: int):
+    project = get_object_or_404(Project, pk=project_id)
+    form = TaskFilterForm(request.GET)
+    if not form.is_valid():
+        return _bad_request(request, form, "task filters")
+    filters = form.cleaned_data
+    tasks = filtered_tasks(project, filters).select_related("prompt").annotate(replies=Count("task_responses")).order_by("-pk")
+    page = Paginator(tasks, PAGE_SIZE).get_page(filters.get("page") or 1)
+    rows = [{"task": task, "prompt": _last_user_turn(task.prompt.messages)} for task in page]
+    query = request.GET.copy()
+    query.pop("page", None)
+    sources = list(
+        Prompt.objects.filter(project=project).exclude(source="").values_list("source", flat=True).distinct().order_by("source")[:200]
+    )
+    versions = list(ModelVersion.objects.filter(project=project, kind="policy").order_by("-number")[:200])
+    return render(
+        request,
+        "console/tasks.html",
+        {
+            "project": project, "form": form, "page": page, "rows": rows, "query": query.urlencode(),
+            "sources": sources, "versions": versions, "filtered": any(filters.get(k) for k in ("q", "status", "gold", "source", "version", "disagreement")),
+        },
+    )
+
+
+def _position_names(task: ComparisonTask) -> dict[int, str]:
+    return {tr.response_id: f"#{tr.position + 1}" for tr in task.task_responses.all()}
+
+
+def describe_judgement(judgement: Judgement, names: dict[int, str]) -> dict:
+    """A judgement in the task's own reply numbers (each annotator saw a shuffled order)."""
+    order = list(judgement.display_order or [])
+    shown = ", ".join(f"{'ABCDEFGH'[i]} = {names.get(rid, '?')}" for i, rid in enumerate(order))
+    ranking = " > ".join(" = ".join(sorted(names.get(rid, "?") for rid in group)) for group in judgement.ranking or [])
+    if judgement.choice == "tie":
+        verdict = "tie"
+    elif judgement.choice == "both_bad":
+        verdict = "both bad" if len(order) == 2 else "all bad"
+    else:
+        verdict = ranking
+    reply_flags = [
+        f"{names.get(int(rid), '?') if str(rid).isdigit() else '?'}: {', '.join(f.replace('_', ' ') for f in flags)}"
+        for rid, flags in (judgement.reply_flags or {}).items()
+    ]
+    return {"choice": judgement.choice, "verdict": verdict, "shown": shown, "reply_flags": reply_flags}
+
+
+@labeling_admin_required
+def task_detail(request, task_id: int):
+    task = get_object_or_404(ComparisonTask.objects.select_related("project", "prompt", "gold_response"), pk=task_id)
+    task_responses = list(task.task_responses.select_related("response__model_version"))
+    names = {tr.response_id: f"#{tr.position + 1}" for tr in task_responses}
+    judgements = list(task.judgements.select_related("annotator").order_by("created_at"))
+    rows = [{"judgement": j, **describe_judgement(j, names)} for j in judgements]
+    skips = list(
+        Assignment.objects.filter(task=task, state=AssignmentState.SKIPPED).select_related("annotator").order_by("completed_at")
+    )
+    leases = Assignment.objects.filter(task=task, state=AssignmentState.LEASED, expires_at__gt=timezone.now()).count()
+    return render(
+        request,
+        "console/task.html",
+        {
+            "project": task.project, "task": task, "replies": task_responses, "rows": rows, "skips": skips, "leases": leases,
+            "gold": names.get(task.gold_response_id) if task.is_gold else None,
+            "disagree": len({json.dumps(j.ranking) for j in judgements if j.source == JudgementSource.ANNOTATOR}) > 1,
+        },
+    )
+
+
+# --------------------------------------------------------------------------- judgements
+
+
+class JudgementFilterForm(forms.Form):
+    annotator = forms.CharField(required=False, max_length=150)
+    since = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    source = forms.ChoiceField(required=False, choices=[("", "all")] + list(JudgementSource.choices))
+    page = forms.IntegerField(required=False, min_value=1, max_value=10**6)
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("since") and cleaned.get("until") and cleaned["since"] > cleaned["until"]:
+            self.add_error("until", "must not be before the first day")
+        return cleaned
+
+
+@labeling_admin_required
+def judgement_list(request, project_id: int):
+    project = get_object_or_404(Project, pk=project_id)
+    form = JudgementFilterForm(request.GET)
+    if not form.is_valid():
+        return _bad_request(request, form, "judgement filters")
+    filters = form.cleaned_data
+    since, until = selectors.day_window(filters.get("since"), filters.get("until"))
+    judgements = selectors.judgements_for(project=project, since=since, until=until, annotator=filters.get("annotator") or None)
+    if filters.get("source"):
+        judgements = judgements.filter(source=filters["source"])
+    judgements = judgements.select_related("annotator", "task__prompt").prefetch_related("task__task_responses").order_by("-created_at", "-pk")
+    page = Paginator(judgements, PAGE_SIZE).get_page(filters.get("page") or 1)
+    rows = []
+    for judgement in page:
+        names = _position_names(judgement.task)
+        rows.append({"judgement": judgement, "prompt": _last_user_turn(judgement.task.prompt.messages), **describe_judgement(judgement, names)})
+    query = request.GET.copy()
+    query.pop("page", None)
+    annotators = list(
+        get_user_model().objects.filter(judgements__task__project=project).distinct().order_by("username").values_list("username", flat=True)[:500]
+    )
+    return render(
+        request, "console/judgements.html",
+        {"project": project, "form": form, "page": page, "rows": rows, "query": query.urlencode(), "annotators": annotators},
+    )

@@ -1,0 +1,21 @@
+from django.urls import path
+
+from . import data, people, projects
+
+app_name = "console"
+
+urlpatterns = [
+    path("", projects.project_list, name="projects"),
+    path("projects/new/", projects.project_create, name="project_create"),
+    path("projects/<int:project_id>/", projects.project_detail, name="project"),
+    path("projects/<int:project_id>/edit/", projects.project_edit, name="project_edit"),
+    path("projects/<int:project_id>/archive/", projects.project_archive, name="project_archive"),
+    path("markdown-preview/", projects.markdown_preview, name="markdown_preview"),
+    path("projects/<int:project_id>/import/", data.import_page, name="import"),
+    path("projects/<int:project_id>/import/report.txt", data.import_report, name="import_report"),
+    path("projects/<int:project_id>/export/", data.export_page, name="export"),
+    path("projects/<int:project_id>/tasks/", data.task_list, name="tasks"),
+    path("tasks/<int:task_id>/", data.task_detail, name="task"),
+    path("projects/<int:project_id>/judgements/", data.judgement_list, name="judgements"),
+    *people.urlpatterns,
+]
