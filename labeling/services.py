@@ -85,6 +85,7 @@ def _lease_regular_task(project: Project, annotator, now: datetime) -> Compariso
         .alias(slots=Value(k) - F("judgement_count") - F("leases"))
         .filter(slots__gt=0)
         .order_by("-priority", "judgement_count", "id")
+        .select_related("prompt")  # the page shows it: no second query
         .select_for_update(skip_locked=True, of=("self",))
     )
     passed_over: list[int] = []
@@ -101,7 +102,7 @@ def _lease_regular_task(project: Project, annotator, now: datetime) -> Compariso
 
 def _lease_gold_task(project: Project, annotator) -> ComparisonTask | None:
     # Gold tasks have no overlap cap: every annotator may see each gold task once.
-    return unseen_tasks(project, annotator).filter(is_gold=True).order_by("judgement_count", "id").first()
+    return unseen_tasks(project, annotator).filter(is_gold=True).select_related("prompt").order_by("judgement_count", "id").first()
 
 
 def assign_next_task(

@@ -116,10 +116,29 @@ def test_comparison_page_counts_done_today_and_left_for_me(client, project, kim)
     import_items(project, make_items(4))
     client.force_login(kim)
     assignment, html = lease(client, project)
-    assert re.search(r'class="count-today">0<', html) and re.search(r'class="count-left">4<', html)
+    assert re.search(r'class="count-today"[^>]*>0<', html) and re.search(r'class="count-left">4<', html)
     client.post(reverse("labeling:submit", args=[assignment.pk]), {"choice": "tie", "idempotency_key": "p1"})
     _, html = lease(client, project)
-    assert re.search(r'class="count-today">1<', html) and re.search(r'class="count-left">3<', html)
+    assert re.search(r'class="count-today"[^>]*>1<', html) and re.search(r'class="count-left">3<', html)
+
+
+def test_done_today_counts_every_project_and_a_long_queue_shows_as_capped(project, kim, lee):
+    from labeling import selectors
+
+    other = Project.objects.create(name="other project", overlap_k=1, gold_rate=0)
+    import_items(other, make_items(2, prefix="other"))
+    import_items(project, make_items(5))
+    assignment = assign_next_task(project=other, annotator=kim)
+    submit_judgement(annotator=kim, assignment_id=assignment.pk, judgement=JudgementInput("tie"))
+    progress = selectors.project_progress(project=project, annotator=kim, holding=False, cap=3)
+    assert progress == {"judged_today": 1, "tasks_left": 3, "tasks_left_capped": True}  # 5 left: shown as "3+"
+    assert selectors.project_progress(project=project, annotator=kim, holding=False, cap=5)["tasks_left_capped"] is False
+    # at or below the cap the count is exact, live leases of others included
+    project.overlap_k = 1
+    project.save()
+    assign_next_task(project=project, annotator=lee)  # k = 1: lee's lease fills that task for now
+    exact = selectors.project_progress(project=project, annotator=kim, holding=False, cap=5)
+    assert exact == {"judged_today": 1, "tasks_left": 4, "tasks_left_capped": False}
 
 
 # ----------------------------------------------------------------------------- 3. readable replies
