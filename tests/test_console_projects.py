@@ -121,7 +121,7 @@ def test_create_a_project_with_its_training_settings(admin_client):
         ("name", "  ", "This field is required"),
         ("gold_rate", "1.5", "less than or equal to 1"),
         ("training-reward_config", '{"lr": "fast"}', "reward.lr"),
-        ("training-reward_config", '{"epochs": 2', "Enter a valid JSON"),
+        ("training-reward_config", '{"epochs": 2', "Enter valid JSON"),
         ("training-ppo_config", '[1, 2]', "must be a JSON object"),
         ("training-significance_level", "2", "between 0 and 1"),
     ],
@@ -491,3 +491,39 @@ def test_the_migration_sorts_stored_groups(project, kim):
     import_module("labeling.migrations.0006_canonical_rankings").sort_groups(apps, None)
     judgement.refresh_from_db()
     assert judgement.ranking == [[3, 5, 9]]
+
+
+# ----------------------------------------------------------------------------- no 5xx on any input
+
+BIG = "9" * 30
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("overlap_k", BIG), ("gold_rate", "nan"), ("gold_rate", "inf"), ("lease_seconds", BIG), ("revision_hours", BIG),
+        ("max_responses", "-1"), ("training-retrain_min_new_judgements", BIG), ("training-ppo_max_kl", "nan"),
+        ("training-ppo_max_kl", "1e400"), ("training-generate_prompts", "-5"), ("training-reward_config", '{"epochs": ' + BIG + "}"),
+        ("training-reward_config", '{"lr": NaN}'), ("training-reward_config", "[" * 5000 + "]" * 5000),
+        ("training-sampling_config", '{"top_p": Infinity}'), ("name", "x" * 300), ("name", "a\x00b"), ("guidelines", "\x00"),
+    ],
+)
+def test_extreme_form_values_are_form_errors(admin_client, field, value):
+    response = admin_client.post(reverse("console:project_create"), project_form(**{field: value}))
+    assert response.status_code == 200 and "Nothing was saved" in text(response)
+    assert not Project.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/manage/tasks/99999999999999999999999/", "/manage/projects/99999999999999999999999/",
+        "/manage/projects/99999999999999999999999/tasks/", "/manage/projects/99999999999999999999999/import/report.txt",
+        "/manage/projects/{p}/tasks/?version=99999999999999999999", "/manage/projects/{p}/tasks/?q=%00",
+        "/manage/projects/{p}/judgements/?annotator=%00", "/manage/projects/{p}/export/?format=trl&annotator=%00&download=1",
+        "/manage/projects/{p}/tasks/?source=%ff", "/manage/projects/{p}/judgements/?page=-1",
+    ],
+)
+def test_odd_urls_are_never_a_server_error(admin_client, project, path):
+    response = admin_client.get(path.format(p=project.pk))
+    assert response.status_code in (200, 400, 404), response.status_code

@@ -17,7 +17,7 @@ from django.utils import timezone
 from training.models import ProjectTrainingSettings
 from training.run_config import config_problems
 
-from .. import selectors
+from .. import jsonsafety, selectors
 from ..models import Assignment, AssignmentState, ComparisonTask, Judgement, JudgementSource, Project, TaskStatus
 from ..rendering import render_markdown
 from .charts import bar_chart, day_series
@@ -101,6 +101,28 @@ class ProjectForm(forms.ModelForm):
         help_texts = {"open_to_all": "Otherwise only the annotators assigned to it (People pages) see it."}
 
 
+class SafeJSONField(forms.JSONField):
+    """forms.JSONField through labeling.jsonsafety: deep nesting, NaN / Infinity and NUL are
+    form errors, never a RecursionError (500) or a value the database refuses."""
+
+    def to_python(self, value):
+        if self.disabled or value in self.empty_values or not isinstance(value, str):
+            return super().to_python(value)
+        try:
+            return jsonsafety.loads(value)
+        except ValueError as error:
+            raise forms.ValidationError(f"Enter valid JSON: {error}", code="invalid") from error
+
+    def bound_data(self, data, initial):
+        """What the form shows again: the parsed value, or the text as typed when it is not safe JSON."""
+        if self.disabled or data is None or not isinstance(data, str):
+            return super().bound_data(data, initial)
+        try:
+            return jsonsafety.loads(data)
+        except ValueError:
+            return forms.fields.InvalidJSONInput(data)
+
+
 class TrainingSettingsForm(forms.ModelForm):
     """The project's training settings; the JSON overrides are checked as a run config is."""
 
@@ -114,6 +136,7 @@ class TrainingSettingsForm(forms.ModelForm):
             "ppo_max_kl", "policy_eval_prompts", "reward_config", "ppo_config", "sampling_config",
         ]
         widgets = {name: forms.Textarea(attrs={"rows": 3, "class": "mono"}) for name in ("reward_config", "ppo_config", "sampling_config")}
+        field_classes = {name: SafeJSONField for name in ("reward_config", "ppo_config", "sampling_config")}
         labels = {
             "auto_retrain": "Retrain automatically",
             "retrain_min_new_judgements": "New judgements that start a cycle",
