@@ -10,6 +10,7 @@ urlpatterns = [
     path("projects/<int:project_id>/next-task/", views.NextTaskView.as_view(), name="api-next-task"),
     path("projects/<int:project_id>/import/", views.ImportView.as_view(), name="api-import"),
     path("projects/<int:project_id>/export/", views.ExportView.as_view(), name="api-export"),
+    path("projects/<int:project_id>/quality/", views.QualityView.as_view(), name="api-quality"),
     path("assignments/<int:assignment_id>/submit/", views.SubmitView.as_view(), name="api-submit"),
     path("assignments/<int:assignment_id>/skip/", views.SkipView.as_view(), name="api-skip"),
     path("me/stats/", views.MyStatsView.as_view(), name="api-my-stats"),

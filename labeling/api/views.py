@@ -258,3 +258,16 @@ class AnnotatorStatsView(APIView):
         filters = validated_query(ProjectQuery, request)
         project = get_object_or_404(Project, pk=filters["project"]) if "project" in filters else None
         return Response(AnnotatorStatsOutput(selectors.annotator_stats(project=project), many=True).data)
+
+
+class QualityView(APIView):
+    """Agreement figures of a project (admins): the numbers of the quality page."""
+
+    permission_classes = [IsLabelingAdmin]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request, project_id: int):
+        from ..quality_data import quality_report
+
+        project = get_object_or_404(Project, pk=project_id)
+        return Response(quality_report(project))

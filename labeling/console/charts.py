@@ -82,3 +82,52 @@ def bar_chart(series: list[tuple[date, int]], *, title: str, y_label: str, width
         '<svg class="chart" viewBox="0 0 {} {}" role="img" aria-label="{}">{}{}{}</svg>',
         width, height, title, body, axes, titles,
     ) if series else mark_safe('<p class="muted">No data yet.</p>')
+
+
+def interval_chart(
+    points: list[tuple[str, float | None, float | None, float | None]], *, title: str, y_label: str, x_label: str,
+    y_min: float = 0.0, y_max: float = 1.0, width: int = 720, height: int = 240, reference: float | None = None,
+) -> SafeString:
+    """A value per period with its interval (x: period labels, y: fixed range): a line through
+    the values, a vertical bar for each interval, ticks every 0.2, an optional dashed reference line."""
+    usable = [(label, v, lo, hi) for label, v, lo, hi in points if v is not None]
+    if not usable:
+        return mark_safe('<p class="muted">Not enough data yet.</p>')
+    left, right, top, bottom = 48, 12, 14, 44
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def y(value: float) -> float:
+        value = min(max(value, y_min), y_max)
+        return round(top + plot_h - (value - y_min) / (y_max - y_min) * plot_h, 1)
+
+    slot = plot_w / len(usable)
+
+    def x(i: int) -> float:
+        return round(left + i * slot + slot / 2, 1)
+
+    step = 0.2 if y_max - y_min <= 1.0 else 0.5
+    ticks = [round(y_min + i * step, 10) for i in range(int(round((y_max - y_min) / step)) + 1)]
+    parts = [format_html('<line class="grid" x1="{}" x2="{}" y1="{}" y2="{}"/>', left, width - right, y(t), y(t)) for t in ticks]
+    parts += [
+        format_html('<text class="tick" x="{}" y="{}" text-anchor="end" dominant-baseline="middle">{}</text>', left - 6, y(t), f"{t:g}")
+        for t in ticks
+    ]
+    if reference is not None:
+        parts.append(format_html('<line class="reference" x1="{}" x2="{}" y1="{}" y2="{}"/>', left, width - right, y(reference), y(reference)))
+    label_every = max(1, math.ceil(len(usable) / 8))
+    for i, (label, value, low, high) in enumerate(usable):
+        if low is not None and high is not None:
+            parts.append(format_html('<line class="interval" x1="{}" x2="{}" y1="{}" y2="{}"/>', x(i), x(i), y(low), y(high)))
+        parts.append(format_html('<circle class="point" cx="{}" cy="{}" r="3.5"><title>{}: {}</title></circle>', x(i), y(value), label, f"{value:.3f}"))
+        if i % label_every == 0:
+            parts.append(format_html('<text class="tick" x="{}" y="{}" text-anchor="middle">{}</text>', x(i), top + plot_h + 16, label))
+    line = " ".join(f"{x(i)},{y(v)}" for i, (_, v, _, _) in enumerate(usable))
+    body = format_html_join("", "{}", ((part,) for part in parts))
+    return format_html(
+        '<svg class="chart" viewBox="0 0 {} {}" role="img" aria-label="{}">{}<polyline class="series" points="{}"/>'
+        '<path class="axis" d="M{} {} V{} H{}"/>'
+        '<text class="axis-title" x="{}" y="{}" text-anchor="middle">{}</text>'
+        '<text class="axis-title" transform="translate(12 {}) rotate(-90)" text-anchor="middle">{}</text></svg>',
+        width, height, title, body, line, left, top, top + plot_h, width - right,
+        left + plot_w / 2, height - 6, x_label, top + plot_h / 2, y_label,
+    )

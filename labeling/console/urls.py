@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import data, people, projects
+from . import data, people, projects, quality
 
 app_name = "console"
 
@@ -17,5 +17,6 @@ urlpatterns = [
     path("projects/<int:project_id>/tasks/", data.task_list, name="tasks"),
     path("tasks/<int:task_id>/", data.task_detail, name="task"),
     path("projects/<int:project_id>/judgements/", data.judgement_list, name="judgements"),
+    path("projects/<int:project_id>/quality/", quality.quality_page, name="quality"),
     *people.urlpatterns,
 ]

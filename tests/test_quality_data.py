@@ -1,0 +1,125 @@
+"""Quality statistics read from the database (#10): verdicts in the task's own reply order
+whatever order each annotator saw, checked against the krippendorff package."""
+
+from datetime import timedelta
+
+import krippendorff
+import numpy as np
+import pytest
+from django.utils import timezone
+
+from labeling.models import Assignment, ComparisonTask, Project
+from labeling.quality_data import agreement_summary, judgement_arrays
+from labeling.services import JudgementInput, create_annotator, submit_judgement
+
+from .conftest import import_items, make_items
+
+PASSWORD = "quality-pass-3n8v"
+
+
+def judge(task, user, order, winner=None, choice=None, strength=2, ranks=None):
+    """`winner`: the task position that wins (the letter is derived from the display order)."""
+    assignment = Assignment.objects.create(
+        task=task, annotator=user, display_order=order, leased_at=timezone.now(), expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    if ranks is not None:
+        judgement = JudgementInput("ranking", ranks=ranks)
+    elif choice is not None:
+        judgement = JudgementInput(choice)
+    else:
+        position_ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        letter = "AB"[order.index(position_ids[winner])]
+        judgement = JudgementInput(letter, strength)
+    submit_judgement(annotator=user, assignment_id=assignment.pk, judgement=judgement)
+
+
+@pytest.fixture
+def people(db):
+    return [create_annotator(username=f"q{i}", password=PASSWORD) for i in range(3)]
+
+
+def test_pairwise_verdicts_are_in_task_order_and_alpha_matches_the_oracle(people):
+    project = Project.objects.create(name="quality", overlap_k=3, gold_rate=0)
+    import_items(project, make_items(6))
+    tasks = list(ComparisonTask.objects.filter(project=project).order_by("pk"))
+    # verdicts per task (task positions), per annotator; None = not judged
+    plan = [
+        (0, 0, 0), (1, 1, 0), ("tie", "tie", 1), (0, "both_bad", 0), (1, 1, 1), (0, None, 1),
+    ]
+    for task, verdicts in zip(tasks, plan):
+        ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        for person, verdict, order in zip(people, verdicts, (ids, ids[::-1], ids)):
+            if verdict is None:
+                continue
+            if isinstance(verdict, str):
+                judge(task, person, order, choice=verdict)
+            else:
+                judge(task, person, order, winner=verdict, strength=1 + (task.pk % 3))
+    data = judgement_arrays(project)
+    assert data["pair_task"].size == 17
+    code = {0: 1, 1: 2, "tie": 3, "both_bad": 4, None: np.nan}  # the oracle's values, 1-based
+    matrix = np.array([[code[verdicts[c]] for verdicts in plan] for c in range(3)], dtype=float)
+    expected = krippendorff.alpha(reliability_data=matrix, level_of_measurement="nominal", value_domain=[1, 2, 3, 4])
+    summary = agreement_summary(project, draws=200)
+    assert summary["alpha"]["nominal"]["alpha"] == pytest.approx(expected, abs=1e-9)
+    assert summary["alpha"]["nominal"]["low"] <= summary["alpha"]["nominal"]["alpha"] <= summary["alpha"]["nominal"]["high"]
+    # q1 saw every pair reversed: its "B" on task 0 is reply #1, so it agrees with q0 there
+    kappa = {(row["annotator_a"], row["annotator_b"]): row for row in summary["kappa_pairs"]}
+    assert kappa[("q0", "q1")]["shared"] == 5 and kappa[("q0", "q1")]["observed"] == pytest.approx(4 / 5)
+    majority = {row["annotator"]: row for row in summary["majority_agreement"]}
+    assert majority["q2"]["compared"] == 5 and majority["q2"]["agreed"] == 2  # task 3: the others split
+    assert summary["alpha_by_week"] and summary["alpha_by_week"][0]["alpha"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_ordinal_strength_scale_and_rankings(people):
+    project = Project.objects.create(name="ranks", overlap_k=3, gold_rate=0, max_responses=3)
+    import_items(project, make_items(2, replies=3) + make_items(1, prefix="pair"))
+    ranking_tasks = list(ComparisonTask.objects.filter(project=project, task_responses__position=2).order_by("pk"))
+    pair_task = ComparisonTask.objects.filter(project=project).exclude(pk__in=[t.pk for t in ranking_tasks]).get()
+    ids = [r for r, in pair_task.task_responses.order_by("position").values_list("response_id")]
+    judge(pair_task, people[0], ids, winner=0, strength=4)  # #1 much better: 0
+    judge(pair_task, people[1], ids[::-1], winner=1, strength=1)  # #2 slightly better: 5
+    judge(pair_task, people[2], ids, choice="tie")  # 4
+    task = ranking_tasks[0]
+    order = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+    judge(task, people[0], order, ranks=[1, 2, 3])
+    judge(task, people[1], order[::-1], ranks=[1, 2, 2])  # in task order: #3 best, #1 and #2 tied
+    data = judgement_arrays(project)
+    assert sorted(data["pair_ordinal"].tolist()) == [0, 4, 5]
+    by_annotator = {}
+    for position, annotator, rank in zip(data["rank_unit_position"], data["rank_annotator"], data["rank_rank"]):
+        by_annotator.setdefault(int(annotator), {})[int(position)] = int(rank)
+    assert by_annotator[people[0].pk] == {0: 0, 1: 1, 2: 2}
+    assert by_annotator[people[1].pk] == {2: 0, 0: 1, 1: 1}
+    summary = agreement_summary(project, draws=0)
+    matrix = np.array([[0, 1, 2], [1, 1, 0]], dtype=float) + 1
+    assert summary["alpha"]["ordinal_rankings"]["alpha"] == pytest.approx(
+        krippendorff.alpha(reliability_data=matrix, level_of_measurement="ordinal", value_domain=[1, 2, 3]), abs=1e-9
+    )
+
+
+def test_quality_page_and_api(client, people):
+    from rest_framework.test import APIClient
+
+    project = Project.objects.create(name="quality page", overlap_k=3, gold_rate=0)
+    import_items(project, make_items(3))
+    for task in ComparisonTask.objects.filter(project=project):
+        ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        for person in people:
+            judge(task, person, ids, winner=0)
+    boss = create_annotator(username="qboss", password=PASSWORD, is_admin=True)
+    client.force_login(boss)
+    page = client.get(f"/manage/projects/{project.pk}/quality/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="alpha-nominal"' in html and 'id="majority"' in html and "q0 · q1" in html
+    client.force_login(people[0])
+    assert client.get(f"/manage/projects/{project.pk}/quality/").status_code == 403
+    api = APIClient()
+    api.force_authenticate(boss)
+    body = api.get(f"/api/v1/projects/{project.pk}/quality/").json()
+    assert body["agreement"]["pairwise_judgements"] == 9
+    assert body["agreement"]["alpha"]["nominal"]["alpha"] is None  # everybody agreed on one value: alpha undefined
+    assert [row["rate"] for row in body["agreement"]["majority_agreement"]] == [1.0, 1.0, 1.0]
+    api.force_authenticate(people[0])
+    assert api.get(f"/api/v1/projects/{project.pk}/quality/").status_code == 403
