@@ -37,6 +37,13 @@ class NotYourAssignment(LabelingError):
     code = "forbidden"
 
 
+class AnnotatorPaused(LabelingError):
+    """The annotator is paused on this project (quality): no new tasks; the message says why."""
+
+    status_code = 403
+    code = "paused"
+
+
 class LeaseExpired(LabelingError):
     status_code = 409
     code = "lease_expired"

@@ -352,3 +352,62 @@ class JudgementRevision(models.Model):
 
     def __str__(self) -> str:
         return f"judgement {self.judgement_id} version {self.number}: {self.choice}"
+
+
+class ProjectQualitySettings(models.Model):
+    """Per project: when an annotator is flagged on the quality page, and whether a flagged
+    annotator is paused automatically (labeling.tasks.check_quality, every 10 minutes)."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="quality_settings")
+    min_judgements = models.PositiveIntegerField(default=20, help_text="no flag before an annotator has this many judgements")
+    min_time_ms = models.PositiveIntegerField(
+        default=3000, validators=[MaxValueValidator(3_600_000)], help_text="a judgement faster than this counts as too fast"
+    )
+    max_fast_share = models.FloatField(
+        default=0.3, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)], help_text="flag above this share of too-fast judgements"
+    )
+    min_gold_accuracy = models.FloatField(
+        default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="flag when even the upper end of the 95% interval of gold accuracy is below this",
+    )
+    position_bias_margin = models.FloatField(
+        default=0.2, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="flag when the first-shown reply wins this much more often than chance (and p < 0.01)",
+    )
+    max_straight_share = models.FloatField(
+        default=0.5, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="flag above this share of judgements inside runs of the same answer",
+    )
+    straight_run_length = models.PositiveIntegerField(
+        default=10, validators=[MinValueValidator(2), MaxValueValidator(1000)], help_text="a run of the same answer this long counts"
+    )
+    auto_pause = models.BooleanField(default=False, help_text="pause flagged annotators automatically")
+
+    def __str__(self) -> str:
+        return f"quality settings of {self.project}"
+
+
+class AnnotatorPause(models.Model):
+    """An annotator paused on a project: no new tasks there; the page says why. Lifting
+    keeps the row (lifted_at), so the history stays."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="pauses")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="pauses")
+    reason = models.TextField()
+    paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="empty: paused automatically by the project's quality thresholds",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "annotator"], condition=Q(lifted_at__isnull=True), name="one_open_pause_per_annotator"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} paused on {self.project}"

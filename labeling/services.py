@@ -23,12 +23,13 @@ from django.contrib.auth.models import Group
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F, Value
+from django.db.models import Exists, F, OuterRef, Value
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from .exceptions import (
     AlreadyClosed,
+    AnnotatorPaused,
     AssignmentNotFound,
     IdempotencyConflict,
     InvalidInput,
@@ -40,6 +41,7 @@ from .exceptions import (
 from .importing.formats import response_set_hash, text_hash
 from .models import (
     FLAG_CHOICES,
+    AnnotatorPause,
     Assignment,
     AssignmentState,
     Choice,
@@ -125,9 +127,17 @@ def assign_next_task(
     if not project_open_to(project, annotator):
         raise NotYourAssignment("this project is not open to you: a labeling admin can assign you to it")
     with transaction.atomic():
-        active = get_user_model().objects.select_for_update().filter(pk=annotator.pk).values_list("is_active", flat=True).first()
-        if not active:
+        open_pause = AnnotatorPause.objects.filter(project=project, annotator=OuterRef("pk"), lifted_at__isnull=True)
+        row = (
+            get_user_model().objects.select_for_update(of=("self",)).filter(pk=annotator.pk)
+            .annotate(paused=Exists(open_pause)).values_list("is_active", "paused").first()
+        )
+        if not row or not row[0]:
             raise NotYourAssignment("this account is deactivated")
+
+        if row[1]:  # paused on this project (pausing also ended their open leases here)
+            pause = AnnotatorPause.objects.filter(project=project, annotator=annotator, lifted_at__isnull=True).first()
+            raise AnnotatorPaused(f"you are paused on this project: {pause.reason}" if pause else "you are paused on this project")
 
         current = current_lease(project=project, annotator=annotator, now=now)
         if current is not None:
@@ -722,3 +732,31 @@ def set_assigned_projects(*, user, projects, by) -> None:
     _refuse_change(user, by)
     user.assigned_projects.set(projects)
     log.info("user %s assigned to projects %s by %s", user.pk, sorted(p.pk for p in projects), by.pk)
+
+
+# --------------------------------------------------------------------------- quality: pauses
+
+
+def pause_annotator(*, project: Project, annotator, reason: str, by=None) -> AnnotatorPause:
+    """Pause `annotator` on `project` (no new tasks there); idempotent: an open pause is kept as it is.
+    `by` None: paused automatically. Their open leases in the project end, so those tasks return to the pool."""
+    reason = storable_text(reason).strip()[:2000] or "paused by a labeling admin"
+    with transaction.atomic():
+        get_user_model().objects.select_for_update().filter(pk=annotator.pk).first()  # meets assign_next_task's lock
+        pause = AnnotatorPause.objects.filter(project=project, annotator=annotator, lifted_at__isnull=True).first()
+        if pause is None:
+            pause = AnnotatorPause.objects.create(project=project, annotator=annotator, reason=reason, paused_by=by)
+            Assignment.objects.filter(
+                task__project=project, annotator=annotator, state=AssignmentState.LEASED, expires_at__gt=timezone.now()
+            ).update(expires_at=timezone.now())
+            log.info("paused annotator %s on project %s: %s", annotator.pk, project.pk, reason)
+    return pause
+
+
+def lift_pause(*, project: Project, annotator, by=None) -> bool:
+    """Lift the open pause, if any (the row stays as history). True when one was lifted."""
+    return bool(
+        AnnotatorPause.objects.filter(project=project, annotator=annotator, lifted_at__isnull=True).update(
+            lifted_at=timezone.now(), lifted_by=by
+        )
+    )

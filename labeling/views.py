@@ -20,8 +20,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from . import selectors, services
-from .exceptions import AssignmentNotFound, InvalidJudgement, LabelingError, LeaseExpired, NotYourAssignment
-from .models import FLAG_CHOICES, Assignment, ComparisonTask, Judgement, Project, Response, TaskResponse
+from .exceptions import AnnotatorPaused, AssignmentNotFound, InvalidJudgement, LabelingError, LeaseExpired, NotYourAssignment
+from .models import FLAG_CHOICES, AnnotatorPause, Assignment, ComparisonTask, Judgement, Project, Response, TaskResponse
 
 LETTERS = "ABCDEFGH"
 STRENGTHS = [(1, "slightly"), (2, "better"), (3, "significantly"), (4, "much better")]
@@ -143,6 +143,9 @@ def label(request, project_id: int):
         assignment = services.assign_next_task(project=project, annotator=request.user)
     except NotYourAssignment:  # the project is not open to them (assign_next_task checks)
         return _forbidden(request, NOT_OPEN)
+    except AnnotatorPaused:
+        pause = AnnotatorPause.objects.filter(project=project, annotator=request.user, lifted_at__isnull=True).first()
+        return render(request, "labeling/paused.html", {"project": project, "pause": pause}, status=403)
     if assignment is None:
         return render(request, "labeling/queue_empty.html", {"project": project})
     draft = _draft(request, f"assignment:{assignment.pk}")

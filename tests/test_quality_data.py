@@ -123,3 +123,34 @@ def test_quality_page_and_api(client, people):
     assert [row["rate"] for row in body["agreement"]["majority_agreement"]] == [1.0, 1.0, 1.0]
     api.force_authenticate(people[0])
     assert api.get(f"/api/v1/projects/{project.pk}/quality/").status_code == 403
+
+
+def test_a_paused_annotator_gets_no_tasks_and_a_page_that_says_why(client, people):
+    from rest_framework.test import APIClient
+
+    from labeling.models import AnnotatorPause
+    from labeling.services import assign_next_task, lift_pause, pause_annotator
+
+    project = Project.objects.create(name="pausing", overlap_k=1, gold_rate=0)
+    import_items(project, make_items(3))
+    kim = people[0]
+    held = assign_next_task(project=project, annotator=kim)
+    pause_annotator(project=project, annotator=kim, reason="position bias: picks the first reply 95% of the time <b>", by=None)
+    pause_annotator(project=project, annotator=kim, reason="again")  # idempotent
+    assert AnnotatorPause.objects.filter(project=project, annotator=kim, lifted_at__isnull=True).count() == 1
+    held.refresh_from_db()
+    assert held.expires_at <= timezone.now()  # the held task went back to the pool
+    client.force_login(kim)
+    page = client.get(f"/projects/{project.pk}/label/")
+    assert page.status_code == 403
+    html = page.content.decode()
+    assert "picks the first reply 95% of the time &lt;b&gt;" in html and "quality checks" in html
+    api = APIClient()
+    api.force_authenticate(kim)
+    response = api.post(f"/api/v1/projects/{project.pk}/next-task/")
+    assert response.status_code == 403 and response.json()["code"] == "paused"
+    assert assign_next_task(project=project, annotator=people[1]) is not None  # others carry on
+    assert lift_pause(project=project, annotator=kim, by=people[2]) is True
+    assert lift_pause(project=project, annotator=kim) is False
+    assert client.get(f"/projects/{project.pk}/label/").status_code == 200
+    assert AnnotatorPause.objects.filter(project=project, annotator=kim).count() == 1  # history kept
