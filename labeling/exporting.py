@@ -38,6 +38,7 @@ from django.db.models import Prefetch
 from .exceptions import InvalidInput
 from .importing.formats import render_hh_transcript
 from .models import Judgement, Project, PromptFormat, TaskResponse
+from .quality_filter import JudgementFilter
 from .selectors import judgements_for
 
 FORMATS = ("trl", "hh", "raw")
@@ -134,20 +135,25 @@ def iter_export_rows(
     since: datetime | None = None,
     until: datetime | None = None,
     annotator: str | None = None,
+    quality: JudgementFilter | None = None,
 ) -> Iterator[dict]:
-    """Validate the options now (InvalidInput), then return the lazy row stream."""
+    """Validate the options now (InvalidInput), then return the lazy row stream.
+    `quality` leaves out judgements by the quality filter (labeling.quality_filter)."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}", field="format")
     if aggregate not in AGGREGATES:
         raise InvalidInput(f"must be one of {', '.join(AGGREGATES)}", field="aggregate")
     if fmt == "raw" and aggregate != "none":
         raise InvalidInput("raw lists every judgement; aggregate applies to trl and hh", field="aggregate")
-    return _rows(project, fmt, aggregate, since, until, annotator)
+    return _rows(project, fmt, aggregate, since, until, annotator, quality)
 
 
-def _rows(project, fmt, aggregate, since, until, annotator) -> Iterator[dict]:
+def _rows(project, fmt, aggregate, since, until, annotator, quality=None) -> Iterator[dict]:
+    judgements = judgements_for(project=project, since=since, until=until, annotator=annotator)
+    if quality is not None and quality.active:
+        judgements = quality.apply(judgements, project)
     judgements = (
-        judgements_for(project=project, since=since, until=until, annotator=annotator)
+        judgements
         .select_related("task__prompt", "task__project", "annotator")
         .prefetch_related(
             Prefetch("task__task_responses", queryset=TaskResponse.objects.select_related("response"))

@@ -359,23 +359,23 @@ class ProjectQualitySettings(models.Model):
     annotator is paused automatically (labeling.tasks.check_quality, every 10 minutes)."""
 
     project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="quality_settings")
-    min_judgements = models.PositiveIntegerField(default=20, help_text="no flag before an annotator has this many judgements")
+    min_judgements = models.PositiveIntegerField(default=30, help_text="no flag before an annotator has this many judgements")
     min_time_ms = models.PositiveIntegerField(
         default=3000, validators=[MaxValueValidator(3_600_000)], help_text="a judgement faster than this counts as too fast"
     )
     max_fast_share = models.FloatField(
-        default=0.3, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)], help_text="flag above this share of too-fast judgements"
+        default=0.2, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)], help_text="flag above this share of too-fast judgements"
     )
     min_gold_accuracy = models.FloatField(
         default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="flag when even the upper end of the 95% interval of gold accuracy is below this",
     )
     position_bias_margin = models.FloatField(
-        default=0.2, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
-        help_text="flag when the first-shown reply wins this much more often than chance (and p < 0.01)",
+        default=0.15, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="flag when the first-shown reply wins this much more (or less) often than chance, and p < 0.001",
     )
     max_straight_share = models.FloatField(
-        default=0.5, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        default=0.3, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="flag above this share of judgements inside runs of the same answer",
     )
     straight_run_length = models.PositiveIntegerField(

@@ -20,10 +20,13 @@ from dataclasses import asdict
 from datetime import date
 
 import numpy as np
+from django.contrib.auth import get_user_model
+from django.db.models.functions import Length
 from django.utils import timezone
 
-from .models import Judgement, JudgementSource, Project, TaskResponse
+from .models import AnnotatorPause, Judgement, JudgementSource, Project, ProjectQualitySettings, Response, TaskResponse
 from .quality.agreement import agreement_with_majority, alpha_by_period, cohen_kappa_pairs, krippendorff_alpha
+from .quality.annotators import AnnotatorReport, Thresholds, annotator_report
 
 CHUNK = 5000
 NOMINAL = ("#1 better", "#2 better", "tie", "both bad")
@@ -136,6 +139,106 @@ def agreement_summary(project: Project, *, draws: int = 1000, seed: int = 0) -> 
     }
 
 
+ANSWER_CODES = {"A": 0, "B": 1, "tie": 2, "both_bad": 3}  # rankings: 10 + the display position of the top reply (9: tied top)
+
+
+def quality_settings_for(project: Project) -> ProjectQualitySettings:
+    settings_row, _ = ProjectQualitySettings.objects.get_or_create(project=project)
+    return settings_row
+
+
+def thresholds_for(settings_row: ProjectQualitySettings) -> Thresholds:
+    return Thresholds(
+        min_gold_accuracy=settings_row.min_gold_accuracy,
+        position_bias_margin=settings_row.position_bias_margin,
+        max_fast_share=settings_row.max_fast_share,
+        max_straight_share=settings_row.max_straight_share,
+        min_judgements=settings_row.min_judgements,
+    )
+
+
+def annotator_arrays(project: Project) -> dict[str, np.ndarray]:
+    """Per human judgement, in the annotator's own terms (what they saw): the display
+    position that won, how many replies were shown, whether the longer reply won, the
+    key pressed (for straight-lining), time on task, gold outcome, time."""
+    lengths = dict(
+        Response.objects.filter(prompt__project=project).annotate(n=Length("text")).values_list("pk", "n").iterator(chunk_size=CHUNK)
+    )
+    columns = {k: [] for k in ("annotator", "time_ms", "winner_position", "n_replies", "chose_longer", "answer", "order", "gold")}
+    rows = Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR).values_list(
+        "annotator_id", "choice", "ranking", "display_order", "time_spent_ms", "gold_correct", "created_at"
+    )
+    for annotator_id, choice, ranking, order, time_ms, gold, created_at in rows.iterator(chunk_size=CHUNK):
+        order = list(order or [])
+        top = ranking[0] if ranking else []
+        winner = order.index(top[0]) if len(top) == 1 and top[0] in order and choice not in ("tie", "both_bad") else -1
+        longer = -1
+        if len(order) == 2 and winner >= 0:
+            mine, theirs = lengths.get(order[winner]), lengths.get(order[1 - winner])
+            if mine is not None and theirs is not None and mine != theirs:
+                longer = int(mine > theirs)
+        columns["annotator"].append(annotator_id)
+        columns["time_ms"].append(np.nan if time_ms is None else time_ms)
+        columns["winner_position"].append(winner)
+        columns["n_replies"].append(len(order))
+        columns["chose_longer"].append(longer)
+        columns["answer"].append(ANSWER_CODES.get(choice, 10 + winner if winner >= 0 else 9))
+        columns["order"].append(created_at.timestamp())
+        columns["gold"].append(-1 if gold is None else int(gold))
+    return {
+        "annotator": np.asarray(columns["annotator"], dtype=np.int64),
+        "time_ms": np.asarray(columns["time_ms"], dtype=float),
+        "winner_position": np.asarray(columns["winner_position"], dtype=np.int64),
+        "n_replies": np.asarray(columns["n_replies"], dtype=np.int64),
+        "chose_longer": np.asarray(columns["chose_longer"], dtype=np.int64),
+        "answer": np.asarray(columns["answer"], dtype=np.int64),
+        "order": np.asarray(columns["order"], dtype=float),
+        "gold": np.asarray(columns["gold"], dtype=np.int64),
+    }
+
+
+def annotator_quality(project: Project, settings_row: ProjectQualitySettings | None = None) -> AnnotatorReport:
+    settings_row = settings_row or quality_settings_for(project)
+    data = annotator_arrays(project)
+    return annotator_report(
+        data["annotator"], time_ms=data["time_ms"], winner_position=data["winner_position"], n_replies=data["n_replies"],
+        chose_longer=data["chose_longer"], answer_code=data["answer"], order=data["order"], gold_correct=data["gold"],
+        min_time_ms=settings_row.min_time_ms, thresholds=thresholds_for(settings_row), min_run=settings_row.straight_run_length,
+    )
+
+
+def flagged_annotators(project: Project) -> dict[int, list[str]]:
+    """{annotator id: reasons} for the annotators the project's thresholds flag now."""
+    return {row.annotator: list(row.flags) for row in annotator_quality(project).flagged}
+
+
+def _plain(value):
+    """Dataclasses to JSON-ready dicts; NaN to None."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: _plain(getattr(value, name)) for name in value.__dataclass_fields__}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (np.floating, float)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def annotator_summary(project: Project) -> dict:
+    report = annotator_quality(project)
+    usernames = dict(get_user_model().objects.filter(pk__in=[row.annotator for row in report.annotators]).values_list("pk", "username"))
+    paused = dict(AnnotatorPause.objects.filter(project=project, lifted_at__isnull=True).values_list("annotator_id", "reason"))
+    rows = []
+    for row in report.annotators:
+        plain = _plain(row)
+        plain.update(username=usernames.get(row.annotator, str(row.annotator)), paused=row.annotator in paused, pause_reason=paused.get(row.annotator))
+        rows.append(plain)
+    return {"annotators": rows, "project": _plain(report.project), "thresholds": _plain(report.thresholds), "min_time_ms": report.min_time_ms}
+
+
 def quality_report(project: Project) -> dict:
     """Everything the quality page shows, as plain JSON."""
-    return {"project": project.pk, "agreement": agreement_summary(project)}
+    return {"project": project.pk, "agreement": agreement_summary(project), "annotators": annotator_summary(project)}

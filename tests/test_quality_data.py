@@ -154,3 +154,100 @@ def test_a_paused_annotator_gets_no_tasks_and_a_page_that_says_why(client, peopl
     assert lift_pause(project=project, annotator=kim) is False
     assert client.get(f"/projects/{project.pk}/label/").status_code == 200
     assert AnnotatorPause.objects.filter(project=project, annotator=kim).count() == 1  # history kept
+
+
+def test_the_quality_filter_in_exports_and_the_reward_stage(people):
+    import json as jsonlib
+
+    from labeling.exceptions import InvalidInput
+    from labeling.exporting import iter_export_lines
+    from labeling.quality_filter import JudgementFilter, low_agreement_tasks
+    from labeling.services import pause_annotator
+    from training.run_config import config_problems
+    from training.selectors import training_judgements
+
+    project = Project.objects.create(name="filtered", overlap_k=3, gold_rate=0)
+    import_items(project, make_items(3))
+    agreed, split, gold = ComparisonTask.objects.filter(project=project).order_by("pk")
+    gold.is_gold, gold.gold_response = True, gold.task_responses.get(position=0).response
+    gold.save()
+    for task, winners in ((agreed, (0, 0, 0)), (split, (0, 1, 1))):
+        ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        for person, winner in zip(people, winners):
+            judge(task, person, ids, winner=winner)
+    ids = [r for r, in gold.task_responses.order_by("position").values_list("response_id")]
+    judge(gold, people[0], ids, winner=0)  # passes gold
+    judge(gold, people[1], ids, winner=1)  # fails gold
+    assert sorted(low_agreement_tasks(project, 0.7)) == [split.pk, gold.pk]  # 2 of 3 agree: 0.67; gold 1 of 2
+    assert low_agreement_tasks(project, 0.6) == [gold.pk]
+    assert low_agreement_tasks(project, 0.5) == []
+
+    def exported(**options):
+        lines = iter_export_lines(project=project, fmt="raw", quality=JudgementFilter(**options))
+        return sorted((row["task_id"], row["annotator"]) for row in map(jsonlib.loads, lines))
+
+    everything = exported()
+    assert len(everything) == 8
+    assert (gold.pk, "q1") not in exported(exclude_failed_gold=True) and len(exported(exclude_failed_gold=True)) == 7
+    assert {t for t, _ in exported(min_task_agreement=0.7)} == {agreed.pk}
+    assert exported(exclude_paused=True) == everything
+    pause_annotator(project=project, annotator=people[2], reason="test")
+    assert {a for _, a in exported(exclude_paused=True)} == {"q0", "q1"}
+    quality = JudgementFilter.from_options({"exclude_paused": True, "min_task_agreement": 0.7})
+    assert len(training_judgements(project, quality=quality)) == 2  # the agreed task, by q0 and q1
+    assert len(training_judgements(project)) == 8
+    assert config_problems({"filter": {"exclude_paused": "yes", "min_task_agreement": 2, "sharpness": 1}}) == [
+        ("filter.exclude_paused", "must be true or false"),
+        ("filter.min_task_agreement", "must be a number from 0 to 1, or null"),
+        ("filter.sharpness", "unknown option; the filter takes exclude_failed_gold, exclude_flagged, exclude_paused, min_task_agreement"),
+    ]
+    assert config_problems({"filter": [1]}) == [("filter", "must be an object of filter options")]
+    assert config_problems({"filter": {"exclude_failed_gold": True}}) == []
+    with pytest.raises(InvalidInput):
+        JudgementFilter.from_options({"min_task_agreement": float("nan")})
+
+
+def test_flags_pause_and_lift_on_the_quality_page(client, people):
+    from labeling.models import AnnotatorPause, ProjectQualitySettings
+    from labeling.quality_data import flagged_annotators
+
+    project = Project.objects.create(name="biased", overlap_k=3, gold_rate=0)
+    import_items(project, make_items(40))
+    ProjectQualitySettings.objects.create(project=project, min_judgements=10, min_time_ms=0)
+    rng = np.random.default_rng(0)
+    for task in ComparisonTask.objects.filter(project=project):
+        ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        for person in people:
+            order = list(rng.permutation(ids))
+            shown_first = order[0]
+            winner = ids.index(shown_first) if person == people[0] else int(rng.integers(0, 2))  # q0 always picks what it saw first
+            judge(task, person, [int(i) for i in order], winner=winner)
+    flagged = flagged_annotators(project)
+    assert list(flagged) == [people[0].pk]
+    assert "first-shown reply in 100% of 40" in flagged[people[0].pk][0]
+    boss = create_annotator(username="qboss2", password=PASSWORD, is_admin=True)
+    client.force_login(boss)
+    html = client.get(f"/manage/projects/{project.pk}/quality/").content.decode()
+    row = html.split(f'data-annotator="{people[0].pk}"')[1].split("</tr>")[0]
+    assert row.startswith(' class="flagged-row"')
+    assert "first-shown reply in 100% of 40" in row, row
+    response = client.post(f"/manage/projects/{project.pk}/quality/pause/", {"annotator": people[0].pk, "action": "pause", "reason": flagged[people[0].pk][0]})
+    assert response.status_code == 302
+    pause = AnnotatorPause.objects.get(project=project, annotator=people[0], lifted_at__isnull=True)
+    assert pause.paused_by == boss and "first-shown" in pause.reason
+    client.post(f"/manage/projects/{project.pk}/quality/pause/", {"annotator": people[0].pk, "action": "lift"})
+    pause.refresh_from_db()
+    assert pause.lifted_at is not None and pause.lifted_by == boss
+    assert client.post(f"/manage/projects/{project.pk}/quality/pause/", {"annotator": "x99"}).status_code == 302  # a message, no 500
+    assert client.get(f"/manage/projects/{project.pk}/quality/pause/").status_code == 405
+    client.post(f"/manage/projects/{project.pk}/quality/settings/", {
+        "min_judgements": "10", "min_time_ms": "0", "max_fast_share": "0.2", "min_gold_accuracy": "0.7",
+        "position_bias_margin": "0.6", "max_straight_share": "0.3", "straight_run_length": "10",
+    })
+    assert ProjectQualitySettings.objects.get(project=project).position_bias_margin == 0.6
+    # a 60-point margin: q0's position bias no longer flags, but always pressing A is straight-lining
+    assert [reason.split(" judgements")[0] for reason in flagged_annotators(project)[people[0].pk]] == ["100% of"]
+    ProjectQualitySettings.objects.filter(project=project).update(max_straight_share=1.0)
+    assert flagged_annotators(project) == {}
+    bad = client.post(f"/manage/projects/{project.pk}/quality/settings/", {"min_judgements": "x"})
+    assert bad.status_code == 302 and ProjectQualitySettings.objects.get(project=project).min_judgements == 10

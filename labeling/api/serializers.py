@@ -165,6 +165,12 @@ class ExportQuery(serializers.Serializer):
     since = serializers.DateField(required=False, help_text="first day included (YYYY-MM-DD)")
     until = serializers.DateField(required=False, help_text="last day included (YYYY-MM-DD)")
     annotator = serializers.CharField(required=False)
+    exclude_paused = serializers.BooleanField(default=False, help_text="leave out annotators paused on the project")
+    exclude_flagged = serializers.BooleanField(default=False, help_text="leave out annotators the quality thresholds flag")
+    exclude_failed_gold = serializers.BooleanField(default=False, help_text="leave out judgements that failed their gold task")
+    min_task_agreement = serializers.FloatField(
+        required=False, min_value=0.0, max_value=1.0, help_text="only tasks whose human judgements agree at least this much"
+    )
 
 
 MAX_ID = 2**63 - 1  # a bigint primary key; larger numbers are refused, not passed to the database

@@ -18,6 +18,7 @@ from .. import selectors, services
 from ..exporting import iter_export_lines
 from ..importing.services import import_stream
 from ..models import Assignment, ComparisonTask, Judgement, Project
+from ..quality_filter import JudgementFilter
 from ..models import Response as Reply
 from .permissions import IsLabelingAdmin, ReadAnyWriteAdmin
 from .serializers import (
@@ -242,6 +243,10 @@ class ExportView(APIView):
             since=since,
             until=until,
             annotator=options.get("annotator"),
+            quality=JudgementFilter(
+                exclude_paused=options["exclude_paused"], exclude_flagged=options["exclude_flagged"],
+                exclude_failed_gold=options["exclude_failed_gold"], min_task_agreement=options.get("min_task_agreement"),
+            ),
         )
         response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
         response["Content-Disposition"] = export_disposition(project.name, options["format"])

@@ -38,6 +38,7 @@ from ..models import (
     TaskResponse,
     TaskStatus,
 )
+from ..quality_filter import JudgementFilter
 from .common import labeling_admin_required
 
 PAGE_SIZE = 50
@@ -228,6 +229,14 @@ class ExportForm(forms.Form):
         required=False, max_length=150, help_text="Only this annotator's judgements (username).",
         widget=forms.TextInput(attrs={"list": "annotator-names"}),
     )
+    exclude_paused = forms.BooleanField(required=False, label="Leave out annotators paused on this project")
+    exclude_flagged = forms.BooleanField(required=False, label="Leave out annotators the quality thresholds flag")
+    exclude_failed_gold = forms.BooleanField(required=False, label="Leave out judgements that failed their gold task")
+    min_task_agreement = forms.FloatField(
+        required=False, min_value=0.0, max_value=1.0, label="Only tasks whose annotators agree at least (0 to 1)",
+        help_text="The share of a task's human judgements that give its most common verdict; tasks judged once are kept.",
+        widget=forms.NumberInput(attrs={"step": "0.05"}),
+    )
 
     def clean(self):
         cleaned = super().clean()
@@ -237,6 +246,13 @@ class ExportForm(forms.Form):
         if cleaned.get("since") and cleaned.get("until") and cleaned["since"] > cleaned["until"]:
             self.add_error("until", "must not be before the first day")
         return cleaned
+
+
+def _quality(options: dict) -> JudgementFilter:
+    return JudgementFilter(
+        exclude_paused=options.get("exclude_paused", False), exclude_flagged=options.get("exclude_flagged", False),
+        exclude_failed_gold=options.get("exclude_failed_gold", False), min_task_agreement=options.get("min_task_agreement"),
+    )
 
 
 @labeling_admin_required
@@ -250,15 +266,18 @@ def export_page(request, project_id: int):
         since, until = selectors.day_window(options.get("since"), options.get("until"))
         lines = iter_export_lines(
             project=project, fmt=options["format"], aggregate=options["aggregate"], since=since, until=until,
-            annotator=options.get("annotator") or None,
+            annotator=options.get("annotator") or None, quality=_quality(options),
         )
         response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
         response["Content-Disposition"] = export_disposition(project.name, options["format"])
         return response
     cli = api = None
     if bound and form.is_valid():
-        options = {k: v for k, v in form.cleaned_data.items() if v not in (None, "")}
-        flags = " ".join(f"--{k} {v}" for k, v in options.items() if k != "format" and not (k == "aggregate" and v == "none"))
+        options = {k: v for k, v in form.cleaned_data.items() if v not in (None, "", False)}
+        flags = " ".join(
+            f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}"
+            for k, v in options.items() if k != "format" and not (k == "aggregate" and v == "none")
+        )
         cli = f"python manage.py export_preferences --project '{project.name}' --format {options['format']} {flags} --out export.jsonl"
         query = "&".join(f"{k}={v}" for k, v in options.items())
         api = f"{reverse('api-export', args=[project.pk])}?{query}"

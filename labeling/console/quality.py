@@ -1,15 +1,36 @@
 """The project's quality page: agreement (Krippendorff's alpha with intervals, per week,
-Cohen's kappa per pair, agreement with the majority), computed from the database on each
-visit (labeling.quality_data)."""
+Cohen's kappa per pair, agreement with the majority), each annotator's quality and bias
+figures with the flags of the project's thresholds, pausing and lifting, the thresholds
+themselves. Computed from the database on each visit (labeling.quality_data)."""
 
-from django.shortcuts import get_object_or_404, render
+from django import forms
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.http import HttpResponseNotAllowed
+from django.shortcuts import get_object_or_404, redirect, render
 
-from ..models import Project
-from ..quality_data import quality_report
+from .. import services
+from ..models import Project, ProjectQualitySettings
+from ..quality_data import quality_report, quality_settings_for
 from .charts import interval_chart
 from .common import labeling_admin_required
 
 KAPPA_ROWS = 50
+
+
+class QualitySettingsForm(forms.ModelForm):
+    class Meta:
+        model = ProjectQualitySettings
+        fields = [
+            "min_judgements", "min_time_ms", "max_fast_share", "min_gold_accuracy", "position_bias_margin",
+            "max_straight_share", "straight_run_length", "auto_pause",
+        ]
+        labels = {
+            "min_judgements": "Judgements before any flag", "min_time_ms": "Too fast below (ms)", "max_fast_share": "Most too-fast share",
+            "min_gold_accuracy": "Lowest gold accuracy", "position_bias_margin": "Position bias margin",
+            "max_straight_share": "Most straight-lining share", "straight_run_length": "Straight-lining run length",
+            "auto_pause": "Pause flagged annotators automatically",
+        }
 
 
 @labeling_admin_required
@@ -22,8 +43,50 @@ def quality_page(request, project_id: int):
         title="Krippendorff's alpha per week (nominal, pairwise tasks)", y_label="alpha", x_label="week starting",
         y_min=-0.2, y_max=1.0, reference=0.667,
     )
+    majority = {row["annotator"]: row for row in summary["majority_agreement"]}
+    annotators = [{**row, "majority": majority.get(row["username"])} for row in report["annotators"]["annotators"]]
+    form = QualitySettingsForm(instance=quality_settings_for(project))
     return render(
         request,
         "console/quality.html",
-        {"project": project, "report": report, "summary": summary, "weekly": weekly, "kappas": summary["kappa_pairs"][:KAPPA_ROWS]},
+        {
+            "project": project, "report": report, "summary": summary, "weekly": weekly,
+            "kappas": summary["kappa_pairs"][:KAPPA_ROWS], "annotators": annotators, "form": form,
+            "project_figures": report["annotators"]["project"],
+        },
     )
+
+
+@labeling_admin_required
+def quality_settings(request, project_id: int):
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    project = get_object_or_404(Project, pk=project_id)
+    form = QualitySettingsForm(request.POST, instance=quality_settings_for(project))
+    if form.is_valid():
+        form.save()
+        messages.success(request, "Quality thresholds saved.")
+    else:
+        problems = "; ".join(f"{form.fields[name].label if name in form.fields else name}: {' '.join(errors)}" for name, errors in form.errors.items())
+        messages.warning(request, f"Not saved: {problems}")
+    return redirect("console:quality", project_id=project.pk)
+
+
+@labeling_admin_required
+def quality_pause(request, project_id: int):
+    """POST annotator (id), action pause (with a reason) or lift."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    project = get_object_or_404(Project, pk=project_id)
+    raw = request.POST.get("annotator", "")
+    annotator = get_user_model().objects.filter(pk=int(raw)).first() if raw.isdigit() and len(raw) < 19 else None
+    if annotator is None:
+        messages.warning(request, "annotator: no such person.")
+    elif request.POST.get("action") == "lift":
+        lifted = services.lift_pause(project=project, annotator=annotator, by=request.user)
+        messages.success(request, f"“{annotator.username}” may take tasks again." if lifted else f"“{annotator.username}” was not paused.")
+    else:
+        reason = request.POST.get("reason", "")
+        services.pause_annotator(project=project, annotator=annotator, reason=reason, by=request.user)
+        messages.success(request, f"“{annotator.username}” is paused on this project.")
+    return redirect("console:quality", project_id=project.pk)

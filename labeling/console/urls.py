@@ -18,5 +18,7 @@ urlpatterns = [
     path("tasks/<int:task_id>/", data.task_detail, name="task"),
     path("projects/<int:project_id>/judgements/", data.judgement_list, name="judgements"),
     path("projects/<int:project_id>/quality/", quality.quality_page, name="quality"),
+    path("projects/<int:project_id>/quality/settings/", quality.quality_settings, name="quality_settings"),
+    path("projects/<int:project_id>/quality/pause/", quality.quality_pause, name="quality_pause"),
     *people.urlpatterns,
 ]

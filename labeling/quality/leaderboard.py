@@ -32,7 +32,8 @@ has curvature 1/4): negligible once a source has a few dozen comparisons, but it
 source that always wins (or always loses) finite and makes the fit unique. l2 = 0 gives
 the plain maximum-likelihood estimate, which exists only when every component of the
 comparison graph is strongly connected (nobody undefeated); otherwise its scores run off
-and `converged` is False.
+and `converged` is False. The same happens to any bootstrap resample with an undefeated
+source, so use l2 > 0 with draws.
 
 Centring. At the optimum the gradient of the likelihood sums to zero over each connected
 component of the comparison graph, so the penalty forces sum(s_i) = 0 over each component:
