@@ -27,6 +27,7 @@ from django.utils import timezone
 from .models import AnnotatorPause, Judgement, JudgementSource, Project, ProjectQualitySettings, Response, TaskResponse
 from .quality.agreement import agreement_with_majority, alpha_by_period, cohen_kappa_pairs, krippendorff_alpha
 from .quality.annotators import AnnotatorReport, Thresholds, annotator_report
+from .quality.leaderboard import bradley_terry, pairs_from_ranked_arrays
 
 CHUNK = 5000
 NOMINAL = ("#1 better", "#2 better", "tie", "both bad")
@@ -239,6 +240,57 @@ def annotator_summary(project: Project) -> dict:
     return {"annotators": rows, "project": _plain(report.project), "thresholds": _plain(report.thresholds), "min_time_ms": report.min_time_ms}
 
 
+def reply_sources(project: Project) -> tuple[dict[int, int], list[str]]:
+    """{response id: source index} and the source names: the policy version that wrote a
+    reply ("policy v3"), else its recorded origin (an imported file, "existing reply", ...)."""
+    names: list[str] = []
+    index: dict[str, int] = {}
+    source_of: dict[int, int] = {}
+    rows = Response.objects.filter(prompt__project=project).values_list("pk", "origin", "model_version__kind", "model_version__number")
+    for pk, origin, kind, number in rows.iterator(chunk_size=CHUNK):
+        name = f"{kind} v{number}" if number is not None else (origin or "imported")
+        if name not in index:
+            index[name] = len(names)
+            names.append(name)
+        source_of[pk] = index[name]
+    return source_of, names
+
+
+def leaderboard_summary(project: Project, *, draws: int = 1000, seed: int = 0) -> dict:
+    """Bradley-Terry over reply sources from every human judgement (ties half a win each),
+    with bootstrap intervals, the win-rate matrix and the comparison counts."""
+    source_of, names = reply_sources(project)
+    judgement_ids, sources, groups = [], [], []
+    rows = Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR).values_list("pk", "ranking")
+    for pk, ranking in rows.iterator(chunk_size=CHUNK):
+        for group_index, group in enumerate(ranking or []):
+            for response_id in group:
+                if response_id in source_of:
+                    judgement_ids.append(pk)
+                    sources.append(source_of[response_id])
+                    groups.append(group_index)
+    pairs = pairs_from_ranked_arrays(np.asarray(judgement_ids, dtype=np.int64), np.asarray(sources, dtype=np.int64), np.asarray(groups, dtype=np.int64))
+    if not names or pairs.a.size == 0:
+        return {"sources": [], "names": names, "win_matrix": [], "count_matrix": [], "comparisons": 0, "connected": True}
+    board = bradley_terry(pairs.a, pairs.b, pairs.outcome, n_sources=len(names), names=names, draws=draws, seed=seed)
+    return {
+        "sources": [_plain(row) for row in board.table()],
+        "names": list(board.names),
+        "order": [int(i) for i in board.order],
+        "win_matrix": _plain(board.win_matrix.tolist()),
+        "count_matrix": _plain(board.count_matrix.tolist()),
+        "comparisons": int(board.n_comparisons),
+        "connected": bool(board.connected),
+        "level": board.level,
+        "ties": "half a win for each side",
+    }
+
+
 def quality_report(project: Project) -> dict:
     """Everything the quality page shows, as plain JSON."""
-    return {"project": project.pk, "agreement": agreement_summary(project), "annotators": annotator_summary(project)}
+    return {
+        "project": project.pk,
+        "agreement": agreement_summary(project),
+        "annotators": annotator_summary(project),
+        "leaderboard": leaderboard_summary(project),
+    }

@@ -251,3 +251,33 @@ def test_flags_pause_and_lift_on_the_quality_page(client, people):
     assert flagged_annotators(project) == {}
     bad = client.post(f"/manage/projects/{project.pk}/quality/settings/", {"min_judgements": "x"})
     assert bad.status_code == 302 and ProjectQualitySettings.objects.get(project=project).min_judgements == 10
+
+
+def test_leaderboard_over_reply_sources(client, people):
+    from labeling.importing.services import import_stream
+    from labeling.quality_data import leaderboard_summary
+    from training.models import ModelVersion
+
+    from .conftest import jsonl
+
+    project = Project.objects.create(name="arena", overlap_k=3, gold_rate=0)
+    import_stream(project=project, stream=jsonl(make_items(30)), fmt="jsonl", source="baseline.jsonl")
+    version = ModelVersion.objects.create(project=project, kind="policy", number=2, artifact_path="/tmp/x", status="active")
+    for task in ComparisonTask.objects.filter(project=project):
+        task.task_responses.get(position=1).response.__class__.objects.filter(pk=task.task_responses.get(position=1).response_id).update(model_version=version)
+    for n, task in enumerate(ComparisonTask.objects.filter(project=project).order_by("pk")):
+        ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        for k, person in enumerate(people):
+            judge(task, person, ids, winner=1 if (n + k) % 4 else 0)  # the policy's reply wins 3 times in 4
+    board = leaderboard_summary(project, draws=300)
+    assert board["names"] == ["baseline.jsonl", "policy v2"] or set(board["names"]) == {"baseline.jsonl", "policy v2"}
+    top = board["sources"][0]
+    assert top["name"] == "policy v2" and top["rank"] == 1
+    assert top["comparisons"] == 90 and top["wins"] == 68 and top["losses"] == 22
+    assert top["elo_low"] > 1000 > board["sources"][1]["elo_high"]  # the interval says the policy is better
+    i, j = board["names"].index("policy v2"), board["names"].index("baseline.jsonl")
+    assert board["win_matrix"][i][j] == pytest.approx(68 / 90)
+    boss = create_annotator(username="qboss3", password=PASSWORD, is_admin=True)
+    client.force_login(boss)
+    html = client.get(f"/manage/projects/{project.pk}/quality/").content.decode()
+    assert 'data-source="policy v2"' in html and 'id="win-matrix"' in html and "76%" in html

@@ -46,13 +46,23 @@ def quality_page(request, project_id: int):
     majority = {row["annotator"]: row for row in summary["majority_agreement"]}
     annotators = [{**row, "majority": majority.get(row["username"])} for row in report["annotators"]["annotators"]]
     form = QualitySettingsForm(instance=quality_settings_for(project))
+    board = report["leaderboard"]
+    order = board.get("order", [])
+    ranked = [i for i in order if board["sources"] and board["count_matrix"][i] and any(board["count_matrix"][i])]
+    matrix = [
+        {"name": board["names"][i], "cells": [
+            {"rate": board["win_matrix"][i][j], "count": board["count_matrix"][i][j], "self": i == j} for j in ranked
+        ]}
+        for i in ranked
+    ]
     return render(
         request,
         "console/quality.html",
         {
             "project": project, "report": report, "summary": summary, "weekly": weekly,
             "kappas": summary["kappa_pairs"][:KAPPA_ROWS], "annotators": annotators, "form": form,
-            "project_figures": report["annotators"]["project"],
+            "project_figures": report["annotators"]["project"], "board": board,
+            "matrix_names": [board["names"][i] for i in ranked], "matrix": matrix,
         },
     )
 
