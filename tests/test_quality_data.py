@@ -281,3 +281,31 @@ def test_leaderboard_over_reply_sources(client, people):
     client.force_login(boss)
     html = client.get(f"/manage/projects/{project.pk}/quality/").content.decode()
     assert 'data-source="policy v2"' in html and 'id="win-matrix"' in html and "76%" in html
+
+
+def test_the_periodic_check_pauses_flagged_annotators_once(people):
+    from django_celery_beat.models import PeriodicTask
+
+    from labeling.models import AnnotatorPause, ProjectQualitySettings
+    from labeling.services import lift_pause
+    from labeling.tasks import check_quality
+
+    assert PeriodicTask.objects.filter(task="labeling.tasks.check_quality").exists()
+    project = Project.objects.create(name="auto", overlap_k=3, gold_rate=0)
+    import_items(project, make_items(40))
+    settings_row = ProjectQualitySettings.objects.create(project=project, min_judgements=10, min_time_ms=0)
+    rng = np.random.default_rng(1)
+    for task in ComparisonTask.objects.filter(project=project):
+        ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        for person in people:
+            order = [int(i) for i in rng.permutation(ids)]
+            judge(task, person, order, winner=ids.index(order[0]) if person == people[0] else int(rng.integers(0, 2)))
+    assert check_quality()["paused"] == {}  # auto pause is off
+    settings_row.auto_pause = True
+    settings_row.save()
+    assert check_quality()["paused"] == {project.pk: [people[0].pk]}
+    pause = AnnotatorPause.objects.get(project=project, lifted_at__isnull=True)
+    assert pause.paused_by is None and pause.reason.startswith("automatic: chose the first-shown reply")
+    assert check_quality()["paused"] == {}  # already paused
+    lift_pause(project=project, annotator=people[0], by=people[1])
+    assert check_quality()["paused"] == {}  # lifted by an admin, nothing new since
