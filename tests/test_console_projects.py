@@ -527,3 +527,10 @@ def test_extreme_form_values_are_form_errors(admin_client, field, value):
 def test_odd_urls_are_never_a_server_error(admin_client, project, path):
     response = admin_client.get(path.format(p=project.pk))
     assert response.status_code in (200, 400, 404), response.status_code
+
+
+def test_interval_chart_ticks_are_multiples_of_the_step():
+    from labeling.console.charts import interval_chart
+
+    svg = str(interval_chart([("w1", 0.5, 0.4, 0.6)], title="t", y_label="alpha", x_label="week", y_min=-0.2, y_max=1.0))
+    assert re.findall(r'text-anchor="end"[^>]*>([^<]+)<', svg) == ["-0.2", "0", "0.2", "0.4", "0.6", "0.8", "1"]

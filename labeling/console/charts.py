@@ -105,8 +105,8 @@ def interval_chart(
     def x(i: int) -> float:
         return round(left + i * slot + slot / 2, 1)
 
-    step = 0.2 if y_max - y_min <= 1.0 else 0.5
-    ticks = [round(y_min + i * step, 10) for i in range(int(round((y_max - y_min) / step)) + 1)]
+    step = 0.2 if y_max - y_min <= 1.6 else 0.5
+    ticks = [round(k * step, 10) for k in range(math.ceil(y_min / step - 1e-9), math.floor(y_max / step + 1e-9) + 1)]  # multiples of the step
     parts = [format_html('<line class="grid" x1="{}" x2="{}" y1="{}" y2="{}"/>', left, width - right, y(t), y(t)) for t in ticks]
     parts += [
         format_html('<text class="tick" x="{}" y="{}" text-anchor="end" dominant-baseline="middle">{}</text>', left - 6, y(t), f"{t:g}")

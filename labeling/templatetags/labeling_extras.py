@@ -38,3 +38,11 @@ def duration(value) -> str:
             count = seconds // size
             return f"{count} {unit}{'s' if count != 1 else ''}"
     return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+@register.filter
+def pvalue(value) -> str:
+    """A p-value as people read it: "< 0.001" below that, three decimals otherwise."""
+    if value is None:
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
