@@ -111,12 +111,16 @@ def config_problems(config: dict) -> list[tuple[str, str]]:
                 problem = value_problem(fields[name], item)
                 if problem:
                     problems.append((f"{key}.{name}", problem))
+        elif key == "filter":  # which judgements count: labeling.quality_filter (plain Python, no models)
+            from labeling.quality_filter import filter_problems
+
+            problems.extend((f"filter.{option}" if option else "filter", reason) for option, reason in filter_problems(value))
         elif key in PLAIN_KEYS:
             annotation, low, high = PLAIN_KEYS[key]
             problem = value_problem(annotation, value, low, high)
             if problem:
                 problems.append((key, problem))
         else:
-            allowed = ", ".join(list(STAGE_CLASSES) + list(PLAIN_KEYS))
+            allowed = ", ".join(list(STAGE_CLASSES) + list(PLAIN_KEYS) + ["filter"])
             problems.append((key, f"unknown key; allowed: {allowed}"))
     return problems

@@ -37,6 +37,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from labeling.services import GeneratedReply, add_comparison_task
+from labeling.quality_filter import JudgementFilter
 
 from . import launcher, selectors, services
 from .exceptions import TrainingFailed
@@ -201,7 +202,10 @@ def stage_reward(run: TrainingRun, reporter: RunReporter) -> dict:
     config = _merged(RewardTrainingConfig, rules.reward_config, run.config.get("reward"))
     # what the periodic check counts "new judgements" from, taken when the data is read
     TrainingRun.objects.filter(pk=run.pk).update(judgements_at_start=services.human_judgement_count(run.project))
-    judgements = selectors.training_judgements(run.project)
+    quality = JudgementFilter.from_options(run.config.get("filter"))
+    judgements = selectors.training_judgements(run.project, quality=quality)
+    if quality.active:
+        reporter.log(f"quality filter: {quality.describe()} ({len(judgements)} judgements left)")
     use_margin, val_fraction = bool(run.config.get("use_margin")), float(run.config.get("val_fraction", 0.2))
     examples = build_examples(judgements, use_margin=use_margin, include_ties=config.tie_weight > 0)
     train, val = split_by_prompt(examples, val_fraction, seed=config.seed)

@@ -9,6 +9,7 @@ from django.db.models import Count, Prefetch
 from django.utils import timezone
 
 from labeling.models import Choice, Judgement, Project, Prompt, TaskResponse
+from labeling.quality_filter import JudgementFilter
 from training.ml.data import Judgement as TrainingJudgement
 
 from .models import ModelVersion, RunKind, RunStatus, TrainingRun
@@ -24,10 +25,14 @@ def _reply_texts(judgement) -> dict[str, str]:
     return {str(tr.response_id): tr.response.text for tr in judgement.task.task_responses.all()}
 
 
-def training_judgements(project: Project) -> list[TrainingJudgement]:
-    """Every judgement of the project (people's and imported labels) in the engine's form."""
+def training_judgements(project: Project, quality: JudgementFilter | None = None) -> list[TrainingJudgement]:
+    """Every judgement of the project (people's and imported labels) in the engine's form,
+    less what the quality filter leaves out (run config key "filter")."""
+    judgements = Judgement.objects.filter(task__project=project)
+    if quality is not None and quality.active:
+        judgements = quality.apply(judgements, project)
     out = []
-    for judgement in _with_replies(Judgement.objects.filter(task__project=project).order_by("pk")).iterator(chunk_size=1000):
+    for judgement in _with_replies(judgements.order_by("pk")).iterator(chunk_size=1000):
         texts = _reply_texts(judgement)
         out.append(
             TrainingJudgement(
