@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from .models import AnnotatorPause, Judgement, JudgementSource, Project, ProjectQualitySettings, Response, TaskResponse
 from .quality.agreement import agreement_with_majority, alpha_by_period, cohen_kappa_pairs, krippendorff_alpha
-from .quality.annotators import AnnotatorReport, Thresholds, annotator_report
+from .quality.annotators import AnnotatorReport, Thresholds, annotator_report, wilson_interval
 from .quality.leaderboard import bradley_terry, pairs_from_ranked_arrays
 
 CHUNK = 5000
@@ -286,6 +286,61 @@ def leaderboard_summary(project: Project, *, draws: int = 1000, seed: int = 0) -
     }
 
 
+def reward_vs_people(project: Project) -> dict:
+    """Per reward-model version and per day of judging: how many of people's pairwise
+    preferences (winner over loser; ties left out) the version's rewards order the same way
+    (equal rewards count half), with a 95% Wilson interval. The scores come from
+    training.scoring (the periodic task scores judged replies with the active reward model)."""
+    from training.models import ModelVersion, ReplyScore
+
+    scores: dict[int, dict[int, float]] = {}
+    for version_id, response_id, reward in ReplyScore.objects.filter(response__prompt__project=project).values_list(
+        "version_id", "response_id", "reward"
+    ).iterator(chunk_size=CHUNK):
+        scores.setdefault(version_id, {})[response_id] = reward
+    versions = {v.pk: v for v in ModelVersion.objects.filter(pk__in=scores)}
+    tallies: dict[int, dict[int, list[float]]] = {pk: {} for pk in scores}
+    rows = Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR).values_list("ranking", "created_at")
+    for ranking, created_at in rows.iterator(chunk_size=CHUNK):
+        groups = [g for g in (ranking or []) if g]
+        if len(groups) < 2:
+            continue
+        day = timezone.localtime(created_at).date().toordinal()
+        for version_id, reward in scores.items():
+            agree = n = 0.0
+            for better_index, better in enumerate(groups):
+                for worse in groups[better_index + 1 :]:
+                    for b in better:
+                        for w in worse:
+                            if b in reward and w in reward:
+                                n += 1
+                                agree += 1.0 if reward[b] > reward[w] else 0.5 if reward[b] == reward[w] else 0.0
+            if n:
+                tally = tallies[version_id].setdefault(day, [0.0, 0.0])
+                tally[0] += agree
+                tally[1] += n
+    out = []
+    for version_id, by_day in tallies.items():
+        if not by_day:
+            continue
+        days = sorted(by_day)
+        agree = np.array([by_day[d][0] for d in days])
+        n = np.array([by_day[d][1] for d in days])
+        low, high = wilson_interval(np.round(agree), n)
+        total_low, total_high = wilson_interval(round(agree.sum()), n.sum())
+        version = versions[version_id]
+        out.append({
+            "version": str(version), "status": version.status, "number": version.number,
+            "promoted_at": version.promoted_at.isoformat() if version.promoted_at else None,
+            "pairs": int(n.sum()), "rate": float(agree.sum() / n.sum()), "low": float(total_low), "high": float(total_high),
+            "days": [
+                {"day": date.fromordinal(d).isoformat(), "pairs": int(k), "rate": float(a / k), "low": float(lo), "high": float(hi)}
+                for d, a, k, lo, hi in zip(days, agree, n, low, high)
+            ],
+        })
+    return {"versions": sorted(out, key=lambda row: -row["number"])}
+
+
 def quality_report(project: Project) -> dict:
     """Everything the quality page shows, as plain JSON."""
     return {
@@ -293,4 +348,5 @@ def quality_report(project: Project) -> dict:
         "agreement": agreement_summary(project),
         "annotators": annotator_summary(project),
         "leaderboard": leaderboard_summary(project),
+        "reward_vs_people": reward_vs_people(project),
     }

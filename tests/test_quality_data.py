@@ -309,3 +309,41 @@ def test_the_periodic_check_pauses_flagged_annotators_once(people):
     assert check_quality()["paused"] == {}  # already paused
     lift_pause(project=project, annotator=people[0], by=people[1])
     assert check_quality()["paused"] == {}  # lifted by an admin, nothing new since
+
+
+def test_reward_model_against_people(client, people, tiny_policy_dir, tmp_path):
+    from training.ml.reward_model import RewardModel
+    from training.models import ModelVersion, ReplyScore
+    from training.scoring import score_judged_replies
+    from training.tasks import score_judged_replies as periodic
+
+    from labeling.quality_data import reward_vs_people
+
+    project = Project.objects.create(name="rm vs people", overlap_k=2, gold_rate=0)
+    import_items(project, make_items(6))
+    assert score_judged_replies(project) == 0  # no active reward model
+    model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    model.save_pretrained(tmp_path / "rm", tokenizer)
+    version = ModelVersion.objects.create(project=project, kind="reward", number=1, artifact_path=str(tmp_path / "rm"), status="active")
+    tasks = list(ComparisonTask.objects.filter(project=project).order_by("pk"))
+    for task in tasks[:4]:
+        ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        judge(task, people[0], ids, winner=0)
+        judge(task, people[1], ids, choice="tie")  # ties are left out
+    assert periodic() == {project.pk: 8}  # the 8 replies of the 4 judged tasks, once
+    assert score_judged_replies(project) == 0
+    scores = dict(ReplyScore.objects.filter(version=version).values_list("response_id", "reward"))
+    expected = sum(
+        1.0 if scores[a] > scores[b] else 0.5 if scores[a] == scores[b] else 0.0
+        for a, b in (
+            [r for r, in task.task_responses.order_by("position").values_list("response_id")] for task in tasks[:4]
+        )
+    )
+    result = reward_vs_people(project)["versions"]
+    assert len(result) == 1 and result[0]["version"] == "reward v1" and result[0]["pairs"] == 4
+    assert result[0]["rate"] == pytest.approx(expected / 4)
+    assert result[0]["low"] <= result[0]["rate"] <= result[0]["high"]
+    boss = create_annotator(username="qboss4", password=PASSWORD, is_admin=True)
+    client.force_login(boss)
+    html = client.get(f"/manage/projects/{project.pk}/quality/").content.decode()
+    assert 'id="rm-versions"' in html and "reward v1" in html and '<svg class="chart"' in html.split('id="rm-chart"')[1][:100]

@@ -140,3 +140,20 @@ class ProjectTrainingSettings(models.Model):
 
     def __str__(self) -> str:
         return f"training settings of {self.project}"
+
+
+class ReplyScore(models.Model):
+    """A reply's calibrated reward under one reward-model version (training.scoring): what
+    the quality page compares with people's judgements, batch by batch (reward-model drift
+    and over-optimisation show as falling agreement)."""
+
+    response = models.ForeignKey("labeling.Response", on_delete=models.CASCADE, related_name="reward_scores")
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="reply_scores")
+    reward = models.FloatField()
+    scored_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["response", "version"], name="reply_score_once_per_version")]
+
+    def __str__(self) -> str:
+        return f"reply {self.response_id} under {self.version}: {self.reward:.3f}"

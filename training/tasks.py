@@ -50,3 +50,14 @@ def prune_processed_messages(max_age: float = PROCESSED_MESSAGES_KEPT_SECONDS) -
 @shared_task(name="training.tasks.check_retraining")
 def check_retraining() -> list[int]:
     return [run.pk for run in services.start_due_cycles()]
+
+
+@shared_task(name="training.tasks.score_judged_replies")
+def score_judged_replies() -> dict:
+    """Score the judged replies of every active project with its active reward model
+    (training.scoring): what the quality page compares with people, batch by batch."""
+    from labeling.models import Project
+
+    from .scoring import score_judged_replies as score
+
+    return {project.pk: score(project) for project in Project.objects.filter(is_active=True, model_versions__kind="reward", model_versions__status="active").distinct()}

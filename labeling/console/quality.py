@@ -43,6 +43,12 @@ def quality_page(request, project_id: int):
         title="Krippendorff's alpha per week (nominal, pairwise tasks)", y_label="alpha", x_label="week starting",
         y_min=-0.2, y_max=1.0, reference=0.667,
     )
+    rm = report["reward_vs_people"]["versions"]
+    rm_chart = interval_chart(
+        [(day["day"], day["rate"], day["low"], day["high"]) for day in rm[0]["days"]] if rm else [],
+        title="Reward model agreement with people per day", y_label="agreement", x_label="day judged",
+        y_min=0.0, y_max=1.0, reference=0.5,
+    )
     majority = {row["annotator"]: row for row in summary["majority_agreement"]}
     annotators = [{**row, "majority": majority.get(row["username"])} for row in report["annotators"]["annotators"]]
     form = QualitySettingsForm(instance=quality_settings_for(project))
@@ -61,7 +67,7 @@ def quality_page(request, project_id: int):
         {
             "project": project, "report": report, "summary": summary, "weekly": weekly,
             "kappas": summary["kappa_pairs"][:KAPPA_ROWS], "annotators": annotators, "form": form,
-            "project_figures": report["annotators"]["project"], "board": board,
+            "project_figures": report["annotators"]["project"], "board": board, "rm": rm, "rm_chart": rm_chart,
             "matrix_names": [board["names"][i] for i in ranked], "matrix": matrix,
         },
     )
