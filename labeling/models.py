@@ -51,6 +51,14 @@ class Project(models.Model):
     description = models.CharField(
         max_length=500, blank=True, help_text="One or two sentences for the annotators' home page (plain text)."
     )
+    task_ordering = models.CharField(
+        max_length=12,
+        choices=[("fifo", "in order (priority, then fewest judgements)"), ("uncertainty", "most uncertain for the reward model first")],
+        default="fifo",
+        blank=True,  # a form or client that leaves it out gets the default (clean)
+        help_text="uncertainty: within a priority, the tasks whose replies the active reward model scores closest come first "
+        "(scores from the worker's periodic job, so serving a task costs the same)",
+    )
     revision_hours = models.PositiveIntegerField(
         default=24,
         blank=True,  # a form or client that leaves it out keeps the current value; an empty one means the default
@@ -90,6 +98,8 @@ class Project(models.Model):
         super().clean()
         if self.revision_hours is None:
             self.revision_hours = self._meta.get_field("revision_hours").default
+        if not self.task_ordering:
+            self.task_ordering = self._meta.get_field("task_ordering").default
 
 
 class PromptFormat(models.TextChoices):
@@ -171,6 +181,11 @@ class ComparisonTask(models.Model):
         help_text="Gold tasks: the reply a careful annotator must prefer.",
     )
     judgement_count = models.PositiveIntegerField(default=0)
+    uncertainty = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="0..1000: how close the active reward model finds the replies (1000: a coin flip); "
+        "set by the periodic scoring when the project orders tasks by uncertainty, 0 otherwise",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -185,7 +200,7 @@ class ComparisonTask(models.Model):
         indexes = [
             # serves the next-task query: open, non-gold tasks of a project by priority
             models.Index(
-                fields=["project", "status", "is_gold", "-priority", "judgement_count", "id"],
+                fields=["project", "status", "is_gold", "-priority", "-uncertainty", "judgement_count", "id"],
                 name="task_next_idx",
             ),
         ]

@@ -91,7 +91,7 @@ def project_form(**overrides):
     form = {
         "name": "Helpfulness round 2", "description": "Pick the more helpful answer.", "guidelines": "Prefer **correct** answers.",
         "overlap_k": "3", "gold_rate": "0.05", "lease_seconds": "600", "max_responses": "4", "revision_hours": "12",
-        "open_to_all": "on",
+        "open_to_all": "on", "task_ordering": "fifo",
         "training-auto_retrain": "on", "training-retrain_min_new_judgements": "200", "training-generate_prompts": "10",
         "training-generate_replies_per_prompt": "2", "training-reward_min_judgements": "80", "training-reward_min_accuracy": "0.55",
         "training-reward_accuracy_margin": "0.02", "training-significance_level": "0.05", "training-ppo_max_kl": "8",

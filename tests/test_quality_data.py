@@ -330,7 +330,7 @@ def test_reward_model_against_people(client, people, tiny_policy_dir, tmp_path):
         ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
         judge(task, people[0], ids, winner=0)
         judge(task, people[1], ids, choice="tie")  # ties are left out
-    assert periodic() == {project.pk: 8}  # the 8 replies of the 4 judged tasks, once
+    assert periodic() == {project.pk: {"judged_replies_scored": 8, "open_tasks_reordered": 0}}  # the 8 replies of the 4 judged tasks, once
     assert score_judged_replies(project) == 0
     scores = dict(ReplyScore.objects.filter(version=version).values_list("response_id", "reward"))
     expected = sum(
@@ -347,3 +347,51 @@ def test_reward_model_against_people(client, people, tiny_policy_dir, tmp_path):
     client.force_login(boss)
     html = client.get(f"/manage/projects/{project.pk}/quality/").content.decode()
     assert 'id="rm-versions"' in html and "reward v1" in html and '<svg class="chart"' in html.split('id="rm-chart"')[1][:100]
+
+
+def test_uncertainty_ordering_serves_the_closest_call_first(people, tiny_policy_dir, tmp_path):
+    from labeling.services import assign_next_task
+    from training.ml.reward_model import RewardModel
+    from training.models import ModelVersion, ReplyScore
+    from training.scoring import order_by_uncertainty, uncertainty_of
+
+    assert uncertainty_of([0.3, 0.3]) == 1000 and uncertainty_of([2.0, 0.0, -1.0]) == 18 and uncertainty_of([1.0]) == 0
+    project = Project.objects.create(name="active learning", overlap_k=1, gold_rate=0)
+    import_items(project, make_items(8, prefix="uncertain"))
+    model, tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    torch_seeded = tmp_path / "rm"
+    model.save_pretrained(torch_seeded, tokenizer)
+    version = ModelVersion.objects.create(project=project, kind="reward", number=1, artifact_path=str(torch_seeded), status="active")
+    assert order_by_uncertainty(project) == 0  # fifo: nothing to do
+    project.task_ordering = "uncertainty"
+    project.save()
+    assert order_by_uncertainty(project) > 0
+    assert ReplyScore.objects.filter(version=version).count() == 16
+    rewards = dict(ReplyScore.objects.filter(version=version).values_list("response_id", "reward"))
+    gaps = {
+        task.pk: uncertainty_of([rewards[r] for r in task.task_responses.values_list("response_id", flat=True)])
+        for task in ComparisonTask.objects.filter(project=project)
+    }
+    assert dict(ComparisonTask.objects.filter(project=project).values_list("pk", "uncertainty")) == gaps
+    most_uncertain = max(gaps, key=lambda pk: (gaps[pk], -pk))
+    assert assign_next_task(project=project, annotator=people[0]).task_id == most_uncertain
+    project.task_ordering = "fifo"
+    project.save()
+    order_by_uncertainty(project)
+    assert not ComparisonTask.objects.filter(project=project, uncertainty__gt=0).exists()
+    first = ComparisonTask.objects.filter(project=project).exclude(assignments__isnull=False).order_by("pk").first()
+    assert assign_next_task(project=project, annotator=people[1]).task_id == first.pk  # back to the plain order
+
+
+
+def test_task_ordering_over_the_api(people):
+    from rest_framework.test import APIClient
+
+    boss = create_annotator(username="qboss5", password=PASSWORD, is_admin=True)
+    api = APIClient()
+    api.force_authenticate(boss)
+    created = api.post("/api/v1/projects/", {"name": "ordered", "task_ordering": "uncertainty"}, format="json")
+    assert created.status_code == 201 and created.json()["task_ordering"] == "uncertainty"
+    bad = api.patch(f"/api/v1/projects/{created.json()['id']}/", {"task_ordering": ""}, format="json")
+    assert bad.status_code == 400 and "task_ordering" in bad.json()
+    assert api.post("/api/v1/projects/", {"name": "plain"}, format="json").json()["task_ordering"] == "fifo"

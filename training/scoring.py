@@ -11,10 +11,11 @@ version's agreement with the judgements it did not train on... and with those it
 from __future__ import annotations
 
 import logging
+import math
 
 from django.db.models import Exists, OuterRef
 
-from labeling.models import Judgement, JudgementSource, Project, Response
+from labeling.models import ComparisonTask, Judgement, JudgementSource, Project, Response, TaskResponse, TaskStatus
 
 from .models import ModelVersion, ReplyScore, VersionKind, VersionStatus
 
@@ -35,12 +36,11 @@ def unscored_judged_replies(project: Project, version: ModelVersion, limit: int 
     )
 
 
-def score_judged_replies(project: Project, *, limit: int = MAX_REPLIES_PER_CALL, device=None) -> int:
-    """Score (up to `limit`) judged replies not yet scored by the active reward model; the number scored."""
-    version = ModelVersion.objects.filter(project=project, kind=VersionKind.REWARD, status=VersionStatus.ACTIVE).first()
-    if version is None:
-        return 0
-    replies = list(unscored_judged_replies(project, version, limit))
+def _active_reward(project: Project) -> ModelVersion | None:
+    return ModelVersion.objects.filter(project=project, kind=VersionKind.REWARD, status=VersionStatus.ACTIVE).first()
+
+
+def _score(version: ModelVersion, replies: list, device=None) -> int:
     if not replies:
         return 0
     from .ml.reward_model import RewardModel, RewardScorer
@@ -54,5 +54,59 @@ def score_judged_replies(project: Project, *, limit: int = MAX_REPLIES_PER_CALL,
         [ReplyScore(response=reply, version=version, reward=float(reward)) for reply, reward in zip(replies, rewards)],
         ignore_conflicts=True,  # a second worker scoring the same replies at the same time
     )
-    log.info("scored %d judged replies of project %s with %s", len(replies), project.pk, version)
     return len(replies)
+
+
+def uncertainty_of(rewards: list[float]) -> int:
+    """0..1000 from the gap between the two best rewards (calibrated: std 1 over replies):
+    1000 * exp(-2 * gap), so a gap of 0 is 1000, of 0.5 about 368, of 2 about 18."""
+    if len(rewards) < 2:
+        return 0
+    best, second = sorted(rewards, reverse=True)[:2]
+    return int(round(1000 * math.exp(-2 * (best - second))))
+
+
+def order_by_uncertainty(project: Project, *, limit: int = MAX_REPLIES_PER_CALL, device=None) -> int:
+    """In a project that orders tasks by uncertainty: score the replies of open tasks with
+    the active reward model (up to `limit` new ones per call) and store each open task's
+    uncertainty, which next-task reads from the task row (task_next_idx), so serving a task
+    costs what it did. In any other project, clear stored uncertainties. Tasks updated."""
+    if project.task_ordering != "uncertainty":
+        return ComparisonTask.objects.filter(project=project, uncertainty__gt=0).update(uncertainty=0)
+    version = _active_reward(project)
+    if version is None:
+        return 0
+    open_tasks = ComparisonTask.objects.filter(project=project, status=TaskStatus.OPEN)
+    scored = ReplyScore.objects.filter(response=OuterRef("pk"), version=version)
+    unscored = (
+        Response.objects.filter(tasks__in=open_tasks).exclude(Exists(scored)).select_related("prompt").distinct().order_by("pk")[:limit]
+    )
+    _score(version, list(unscored), device)
+    rewards = dict(ReplyScore.objects.filter(version=version, response__tasks__in=open_tasks).values_list("response_id", "reward"))
+    by_task: dict[int, list[float]] = {}
+    complete: dict[int, bool] = {}
+    for task_id, response_id in TaskResponse.objects.filter(task__in=open_tasks).values_list("task_id", "response_id").iterator(chunk_size=5000):
+        if response_id in rewards:
+            by_task.setdefault(task_id, []).append(rewards[response_id])
+        else:
+            complete[task_id] = False
+    changed = []
+    for task in open_tasks.only("pk", "uncertainty").iterator(chunk_size=5000):
+        value = uncertainty_of(by_task.get(task.pk, [])) if complete.get(task.pk, True) else 0
+        if value != task.uncertainty:
+            task.uncertainty = value
+            changed.append(task)
+    ComparisonTask.objects.bulk_update(changed, ["uncertainty"], batch_size=2000)
+    log.info("uncertainty of %d open tasks of project %s updated (%s)", len(changed), project.pk, version)
+    return len(changed)
+
+
+def score_judged_replies(project: Project, *, limit: int = MAX_REPLIES_PER_CALL, device=None) -> int:
+    """Score (up to `limit`) judged replies not yet scored by the active reward model; the number scored."""
+    version = _active_reward(project)
+    if version is None:
+        return 0
+    count = _score(version, list(unscored_judged_replies(project, version, limit)), device)
+    if count:
+        log.info("scored %d judged replies of project %s with %s", count, project.pk, version)
+    return count

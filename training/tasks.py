@@ -55,9 +55,17 @@ def check_retraining() -> list[int]:
 @shared_task(name="training.tasks.score_judged_replies")
 def score_judged_replies() -> dict:
     """Score the judged replies of every active project with its active reward model
-    (training.scoring): what the quality page compares with people, batch by batch."""
+    (training.scoring): what the quality page compares with people, batch by batch; and in
+    projects that order tasks by uncertainty, the open tasks' replies and their uncertainty."""
     from labeling.models import Project
 
+    from .scoring import order_by_uncertainty
     from .scoring import score_judged_replies as score
 
-    return {project.pk: score(project) for project in Project.objects.filter(is_active=True, model_versions__kind="reward", model_versions__status="active").distinct()}
+    results = {}
+    for project in Project.objects.filter(is_active=True):
+        scored = score(project)
+        ordered = order_by_uncertainty(project)
+        if scored or ordered:
+            results[project.pk] = {"judged_replies_scored": scored, "open_tasks_reordered": ordered}
+    return results

@@ -36,9 +36,9 @@ class ProjectSerializer(serializers.ModelSerializer):
         model = Project
         fields = [
             "id", "name", "guidelines", "overlap_k", "lease_seconds", "gold_rate", "max_responses", "is_active", "created_at",
-            "description", "revision_hours", "open_to_all", "annotators",
+            "description", "revision_hours", "open_to_all", "annotators", "task_ordering",
         ]
-        extra_kwargs = {"revision_hours": {"allow_null": False}}
+        extra_kwargs = {"revision_hours": {"allow_null": False}, "task_ordering": {"allow_blank": False}}
         read_only_fields = ["id", "created_at"]
 
     @cached_property

@@ -85,6 +85,7 @@ class ProjectForm(forms.ModelForm):
         model = Project
         fields = [
             "name", "description", "open_to_all", "guidelines", "overlap_k", "gold_rate", "lease_seconds", "max_responses", "revision_hours",
+            "task_ordering",
         ]
         widgets = {
             "guidelines": forms.Textarea(attrs={"rows": 12, "class": "markdown-source"}),
@@ -97,6 +98,7 @@ class ProjectForm(forms.ModelForm):
             "max_responses": "Most replies per task",
             "revision_hours": "Revision window (hours)",
             "open_to_all": "Open to every annotator",
+            "task_ordering": "Task order",
         }
         help_texts = {"open_to_all": "Otherwise only the annotators assigned to it (People pages) see it."}
 
