@@ -53,11 +53,16 @@ class Project(models.Model):
     )
     task_ordering = models.CharField(
         max_length=12,
-        choices=[("fifo", "in order (priority, then fewest judgements)"), ("uncertainty", "most uncertain for the reward model first")],
+        choices=[
+            ("fifo", "in order (priority, then fewest judgements)"),
+            ("uncertainty", "most uncertain for the reward model first"),
+            ("balanced", "least compared pairs of reply sources first"),
+        ],
         default="fifo",
         blank=True,  # a form or client that leaves it out gets the default (clean)
-        help_text="uncertainty: within a priority, the tasks whose replies the active reward model scores closest come first "
-        "(scores from the worker's periodic job, so serving a task costs the same)",
+        help_text="within a priority: uncertainty serves first the tasks whose replies the active reward model scores closest; "
+        "balanced those comparing the sources of replies (policy versions, imported sets) people compared least "
+        "(scores from the worker's periodic job, stored on the task, so serving a task costs the same)",
     )
     revision_hours = models.PositiveIntegerField(
         default=24,
@@ -181,10 +186,10 @@ class ComparisonTask(models.Model):
         help_text="Gold tasks: the reply a careful annotator must prefer.",
     )
     judgement_count = models.PositiveIntegerField(default=0)
-    uncertainty = models.PositiveSmallIntegerField(
+    order_score = models.PositiveSmallIntegerField(
         default=0,
-        help_text="0..1000: how close the active reward model finds the replies (1000: a coin flip); "
-        "set by the periodic scoring when the project orders tasks by uncertainty, 0 otherwise",
+        help_text="0..1000, served first within a priority: the reward model's uncertainty (task_ordering uncertainty) "
+        "or how little its reply sources were compared (balanced); set by the periodic job, 0 in fifo",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -200,7 +205,7 @@ class ComparisonTask(models.Model):
         indexes = [
             # serves the next-task query: open, non-gold tasks of a project by priority
             models.Index(
-                fields=["project", "status", "is_gold", "-priority", "-uncertainty", "judgement_count", "id"],
+                fields=["project", "status", "is_gold", "-priority", "-order_score", "judgement_count", "id"],
                 name="task_next_idx",
             ),
         ]

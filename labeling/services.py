@@ -86,7 +86,7 @@ def _lease_regular_task(project: Project, annotator, now: datetime) -> Compariso
         .alias(leases=active_lease_count(now))
         .alias(slots=Value(k) - F("judgement_count") - F("leases"))
         .filter(slots__gt=0)
-        .order_by("-priority", "-uncertainty", "judgement_count", "id")
+        .order_by("-priority", "-order_score", "judgement_count", "id")
         .select_related("prompt")  # the page shows it: no second query
         .select_for_update(skip_locked=True, of=("self",))
     )

@@ -353,7 +353,7 @@ def test_uncertainty_ordering_serves_the_closest_call_first(people, tiny_policy_
     from labeling.services import assign_next_task
     from training.ml.reward_model import RewardModel
     from training.models import ModelVersion, ReplyScore
-    from training.scoring import order_by_uncertainty, uncertainty_of
+    from training.scoring import uncertainty_of, update_order_scores
 
     assert uncertainty_of([0.3, 0.3]) == 1000 and uncertainty_of([2.0, 0.0, -1.0]) == 18 and uncertainty_of([1.0]) == 0
     project = Project.objects.create(name="active learning", overlap_k=1, gold_rate=0)
@@ -362,23 +362,23 @@ def test_uncertainty_ordering_serves_the_closest_call_first(people, tiny_policy_
     torch_seeded = tmp_path / "rm"
     model.save_pretrained(torch_seeded, tokenizer)
     version = ModelVersion.objects.create(project=project, kind="reward", number=1, artifact_path=str(torch_seeded), status="active")
-    assert order_by_uncertainty(project) == 0  # fifo: nothing to do
+    assert update_order_scores(project) == 0  # fifo: nothing to do
     project.task_ordering = "uncertainty"
     project.save()
-    assert order_by_uncertainty(project) > 0
+    assert update_order_scores(project) > 0
     assert ReplyScore.objects.filter(version=version).count() == 16
     rewards = dict(ReplyScore.objects.filter(version=version).values_list("response_id", "reward"))
     gaps = {
         task.pk: uncertainty_of([rewards[r] for r in task.task_responses.values_list("response_id", flat=True)])
         for task in ComparisonTask.objects.filter(project=project)
     }
-    assert dict(ComparisonTask.objects.filter(project=project).values_list("pk", "uncertainty")) == gaps
+    assert dict(ComparisonTask.objects.filter(project=project).values_list("pk", "order_score")) == gaps
     most_uncertain = max(gaps, key=lambda pk: (gaps[pk], -pk))
     assert assign_next_task(project=project, annotator=people[0]).task_id == most_uncertain
     project.task_ordering = "fifo"
     project.save()
-    order_by_uncertainty(project)
-    assert not ComparisonTask.objects.filter(project=project, uncertainty__gt=0).exists()
+    update_order_scores(project)
+    assert not ComparisonTask.objects.filter(project=project, order_score__gt=0).exists()
     first = ComparisonTask.objects.filter(project=project).exclude(assignments__isnull=False).order_by("pk").first()
     assert assign_next_task(project=project, annotator=people[1]).task_id == first.pk  # back to the plain order
 
@@ -395,3 +395,35 @@ def test_task_ordering_over_the_api(people):
     bad = api.patch(f"/api/v1/projects/{created.json()['id']}/", {"task_ordering": ""}, format="json")
     assert bad.status_code == 400 and "task_ordering" in bad.json()
     assert api.post("/api/v1/projects/", {"name": "plain"}, format="json").json()["task_ordering"] == "fifo"
+
+
+def test_balanced_ordering_serves_the_least_compared_sources_first(people):
+    from labeling.importing.services import import_stream
+    from labeling.ordering import balance_scores
+    from labeling.services import assign_next_task
+    from training.scoring import update_order_scores
+
+    from .conftest import jsonl
+
+    project = Project.objects.create(name="balanced", overlap_k=1, gold_rate=0, task_ordering="balanced")
+    for source, prefix in (("a-vs-b.jsonl", "ab"), ("c-vs-d.jsonl", "cd")):
+        import_stream(project=project, stream=jsonl(make_items(4, prefix=prefix)), fmt="jsonl", source=source)
+    # replies take their file's name as origin: a task compares two replies of one source...
+    assert set(balance_scores(project).values()) == {0}
+    # ...so give each task's second reply its own source: "ab" tasks compare ab-file vs x, "cd" tasks cd-file vs y
+    from labeling.models import Response
+
+    for task in ComparisonTask.objects.filter(project=project):
+        second = task.task_responses.get(position=1).response_id
+        Response.objects.filter(pk=second).update(origin="x" if task.prompt.source == "a-vs-b.jsonl" else "y")
+    ab = list(ComparisonTask.objects.filter(project=project, prompt__source="a-vs-b.jsonl").order_by("pk"))
+    for task in ab[:2]:  # people compared the ab pair twice already
+        ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        judge(task, people[0], ids, winner=0)
+    scores = balance_scores(project)
+    assert {scores[t.pk] for t in ab[2:]} == {909}  # 1000 / (1 + 2 / 20)
+    assert {v for k, v in scores.items() if k not in {t.pk for t in ab}} == {1000}
+    assert update_order_scores(project) == 6
+    lease = assign_next_task(project=project, annotator=people[1])
+    assert lease.task.prompt.source == "c-vs-d.jsonl"  # the never compared pair first, though its tasks came later
+

@@ -16,6 +16,7 @@ import math
 from django.db.models import Exists, OuterRef
 
 from labeling.models import ComparisonTask, Judgement, JudgementSource, Project, Response, TaskResponse, TaskStatus
+from labeling.ordering import balance_scores, store_order_scores
 
 from .models import ModelVersion, ReplyScore, VersionKind, VersionStatus
 
@@ -66,13 +67,16 @@ def uncertainty_of(rewards: list[float]) -> int:
     return int(round(1000 * math.exp(-2 * (best - second))))
 
 
-def order_by_uncertainty(project: Project, *, limit: int = MAX_REPLIES_PER_CALL, device=None) -> int:
-    """In a project that orders tasks by uncertainty: score the replies of open tasks with
-    the active reward model (up to `limit` new ones per call) and store each open task's
-    uncertainty, which next-task reads from the task row (task_next_idx), so serving a task
-    costs what it did. In any other project, clear stored uncertainties. Tasks updated."""
+def update_order_scores(project: Project, *, limit: int = MAX_REPLIES_PER_CALL, device=None) -> int:
+    """The order scores of the project's open tasks for its task_ordering (tasks changed):
+    uncertainty: score the open tasks' replies with the active reward model (up to `limit`
+    new ones per call) and store each task's uncertainty; balanced: how little its reply
+    sources were compared (labeling.ordering); fifo: clear them. next-task reads the score
+    from the task row (task_next_idx), so serving a task costs what it did."""
+    if project.task_ordering == "balanced":
+        return store_order_scores(project, balance_scores(project))
     if project.task_ordering != "uncertainty":
-        return ComparisonTask.objects.filter(project=project, uncertainty__gt=0).update(uncertainty=0)
+        return ComparisonTask.objects.filter(project=project, order_score__gt=0).update(order_score=0)
     version = _active_reward(project)
     if version is None:
         return 0
@@ -84,21 +88,15 @@ def order_by_uncertainty(project: Project, *, limit: int = MAX_REPLIES_PER_CALL,
     _score(version, list(unscored), device)
     rewards = dict(ReplyScore.objects.filter(version=version, response__tasks__in=open_tasks).values_list("response_id", "reward"))
     by_task: dict[int, list[float]] = {}
-    complete: dict[int, bool] = {}
+    missing: set[int] = set()
     for task_id, response_id in TaskResponse.objects.filter(task__in=open_tasks).values_list("task_id", "response_id").iterator(chunk_size=5000):
         if response_id in rewards:
             by_task.setdefault(task_id, []).append(rewards[response_id])
         else:
-            complete[task_id] = False
-    changed = []
-    for task in open_tasks.only("pk", "uncertainty").iterator(chunk_size=5000):
-        value = uncertainty_of(by_task.get(task.pk, [])) if complete.get(task.pk, True) else 0
-        if value != task.uncertainty:
-            task.uncertainty = value
-            changed.append(task)
-    ComparisonTask.objects.bulk_update(changed, ["uncertainty"], batch_size=2000)
-    log.info("uncertainty of %d open tasks of project %s updated (%s)", len(changed), project.pk, version)
-    return len(changed)
+            missing.add(task_id)
+    changed = store_order_scores(project, {task_id: uncertainty_of(values) for task_id, values in by_task.items() if task_id not in missing})
+    log.info("order scores of %d open tasks of project %s updated (uncertainty under %s)", changed, project.pk, version)
+    return changed
 
 
 def score_judged_replies(project: Project, *, limit: int = MAX_REPLIES_PER_CALL, device=None) -> int:

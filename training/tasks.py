@@ -56,16 +56,16 @@ def check_retraining() -> list[int]:
 def score_judged_replies() -> dict:
     """Score the judged replies of every active project with its active reward model
     (training.scoring): what the quality page compares with people, batch by batch; and in
-    projects that order tasks by uncertainty, the open tasks' replies and their uncertainty."""
+    projects that order tasks by uncertainty or balance, the open tasks' order scores."""
     from labeling.models import Project
 
-    from .scoring import order_by_uncertainty
     from .scoring import score_judged_replies as score
+    from .scoring import update_order_scores
 
     results = {}
     for project in Project.objects.filter(is_active=True):
         scored = score(project)
-        ordered = order_by_uncertainty(project)
+        ordered = update_order_scores(project)
         if scored or ordered:
             results[project.pk] = {"judged_replies_scored": scored, "open_tasks_reordered": ordered}
     return results
