@@ -6,7 +6,7 @@ The project is generated in PostgreSQL with INSERT ... SELECT generate_series (a
 two, not timed): N / 3 pairwise tasks, each judged by 3 distinct annotators; replies from
 6 sources; verdicts 45% / 45% / 10% (#1, #2, tie) with a bias per annotator; shuffled
 display orders; times on task; dates over 12 weeks. Then it times what the page does:
-reading the judgements into arrays (labeling.quality_data), agreement (alpha x 3 with 1,000
+reading the judgements once (labeling.quality_data.human_judgements), agreement (alpha x 3 with 1,000
 bootstrap draws, per week, kappa per pair, majority), annotator quality and flags, the
 leaderboard (1,000 draws).
 
@@ -123,10 +123,12 @@ def main() -> int:
     result = {"judgements": Judgement.objects.filter(task__project=project).count(), "annotators": args.annotators, "setup_seconds": round(setup_s, 1)}
     timings = {}
     started = time.perf_counter()
+    rows: list = []
     for part, compute in (
-        ("agreement", lambda: quality_data.agreement_summary(project)),
-        ("annotators", lambda: quality_data.annotator_summary(project)),
-        ("leaderboard", lambda: quality_data.leaderboard_summary(project)),
+        ("read", lambda: rows.extend(quality_data.human_judgements(project))),
+        ("agreement", lambda: quality_data.agreement_summary(project, rows=rows)),
+        ("annotators", lambda: quality_data.annotator_summary(project, rows=rows)),
+        ("leaderboard", lambda: quality_data.leaderboard_summary(project, rows=rows)),
     ):
         t = time.perf_counter()
         output = compute()

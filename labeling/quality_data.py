@@ -43,17 +43,25 @@ def _positions(project: Project) -> dict[int, dict[int, int]]:
     return positions
 
 
-def judgement_arrays(project: Project, *, since=None) -> dict[str, np.ndarray]:
+COLUMNS = ("pk", "task_id", "annotator_id", "choice", "strength", "ranking", "display_order", "time_spent_ms", "gold_correct", "created_at")
+
+
+def human_judgements(project: Project) -> list[tuple]:
+    """The project's human judgements, the COLUMNS of each, read once per report (the
+    summaries below take them as `rows` so that a report reads the table once)."""
+    return list(
+        Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR)
+        .values_list(*COLUMNS).order_by("pk").iterator(chunk_size=CHUNK)
+    )
+
+
+def judgement_arrays(project: Project, *, rows: list[tuple] | None = None) -> dict[str, np.ndarray]:
     """Human judgements of the project as arrays (see the module docstring for the scales)."""
     positions = _positions(project)
-    rows = Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR)
-    if since is not None:
-        rows = rows.filter(created_at__gte=since)
+    rows = human_judgements(project) if rows is None else rows
     pair = {k: [] for k in ("task", "annotator", "nominal", "ordinal", "day")}
     rank = {k: [] for k in ("unit_task", "unit_position", "annotator", "rank", "day")}
-    for task_id, annotator_id, choice, strength, ranking, created_at in rows.values_list(
-        "task_id", "annotator_id", "choice", "strength", "ranking", "created_at"
-    ).iterator(chunk_size=CHUNK):
+    for _, task_id, annotator_id, choice, strength, ranking, _, _, _, created_at in rows:
         where = positions.get(task_id, {})
         day = timezone.localtime(created_at).date().toordinal()
         if len(where) == 2:
@@ -95,10 +103,10 @@ def _week_start(days: np.ndarray) -> np.ndarray:
     return days - (days - 1) % 7
 
 
-def agreement_summary(project: Project, *, draws: int = 1000, seed: int = 0) -> dict:
+def agreement_summary(project: Project, *, draws: int = 1000, seed: int = 0, rows: list[tuple] | None = None) -> dict:
     """Alpha (nominal, ordinal, rankings) with bootstrap CIs, alpha per week, Cohen's kappa
     for every pair of annotators, agreement with the majority of the others."""
-    data = judgement_arrays(project)
+    data = judgement_arrays(project, rows=rows)
     task, annotator = data["pair_task"], data["pair_annotator"]
     nominal, ordinal = data["pair_nominal"], data["pair_ordinal"]
     has_ordinal = ordinal >= 0
@@ -158,7 +166,7 @@ def thresholds_for(settings_row: ProjectQualitySettings) -> Thresholds:
     )
 
 
-def annotator_arrays(project: Project) -> dict[str, np.ndarray]:
+def annotator_arrays(project: Project, *, rows: list[tuple] | None = None) -> dict[str, np.ndarray]:
     """Per human judgement, in the annotator's own terms (what they saw): the display
     position that won, how many replies were shown, whether the longer reply won, the
     key pressed (for straight-lining), time on task, gold outcome, time."""
@@ -166,10 +174,8 @@ def annotator_arrays(project: Project) -> dict[str, np.ndarray]:
         Response.objects.filter(prompt__project=project).annotate(n=Length("text")).values_list("pk", "n").iterator(chunk_size=CHUNK)
     )
     columns = {k: [] for k in ("annotator", "time_ms", "winner_position", "n_replies", "chose_longer", "answer", "order", "gold")}
-    rows = Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR).values_list(
-        "annotator_id", "choice", "ranking", "display_order", "time_spent_ms", "gold_correct", "created_at"
-    )
-    for annotator_id, choice, ranking, order, time_ms, gold, created_at in rows.iterator(chunk_size=CHUNK):
+    rows = human_judgements(project) if rows is None else rows
+    for _, _, annotator_id, choice, _, ranking, order, time_ms, gold, created_at in rows:
         order = list(order or [])
         top = ranking[0] if ranking else []
         winner = order.index(top[0]) if len(top) == 1 and top[0] in order and choice not in ("tie", "both_bad") else -1
@@ -198,9 +204,9 @@ def annotator_arrays(project: Project) -> dict[str, np.ndarray]:
     }
 
 
-def annotator_quality(project: Project, settings_row: ProjectQualitySettings | None = None) -> AnnotatorReport:
+def annotator_quality(project: Project, settings_row: ProjectQualitySettings | None = None, *, rows: list[tuple] | None = None) -> AnnotatorReport:
     settings_row = settings_row or quality_settings_for(project)
-    data = annotator_arrays(project)
+    data = annotator_arrays(project, rows=rows)
     return annotator_report(
         data["annotator"], time_ms=data["time_ms"], winner_position=data["winner_position"], n_replies=data["n_replies"],
         chose_longer=data["chose_longer"], answer_code=data["answer"], order=data["order"], gold_correct=data["gold"],
@@ -228,8 +234,8 @@ def _plain(value):
     return value
 
 
-def annotator_summary(project: Project) -> dict:
-    report = annotator_quality(project)
+def annotator_summary(project: Project, *, rows: list[tuple] | None = None) -> dict:
+    report = annotator_quality(project, rows=rows)
     usernames = dict(get_user_model().objects.filter(pk__in=[row.annotator for row in report.annotators]).values_list("pk", "username"))
     paused = dict(AnnotatorPause.objects.filter(project=project, lifted_at__isnull=True).values_list("annotator_id", "reason"))
     rows = []
@@ -256,13 +262,13 @@ def reply_sources(project: Project) -> tuple[dict[int, int], list[str]]:
     return source_of, names
 
 
-def leaderboard_summary(project: Project, *, draws: int = 1000, seed: int = 0) -> dict:
+def leaderboard_summary(project: Project, *, draws: int = 1000, seed: int = 0, rows: list[tuple] | None = None) -> dict:
     """Bradley-Terry over reply sources from every human judgement (ties half a win each),
     with bootstrap intervals, the win-rate matrix and the comparison counts."""
     source_of, names = reply_sources(project)
     judgement_ids, sources, groups = [], [], []
-    rows = Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR).values_list("pk", "ranking")
-    for pk, ranking in rows.iterator(chunk_size=CHUNK):
+    rows = human_judgements(project) if rows is None else rows
+    for pk, _, _, _, _, ranking, _, _, _, _ in rows:
         for group_index, group in enumerate(ranking or []):
             for response_id in group:
                 if response_id in source_of:
@@ -286,7 +292,7 @@ def leaderboard_summary(project: Project, *, draws: int = 1000, seed: int = 0) -
     }
 
 
-def reward_vs_people(project: Project) -> dict:
+def reward_vs_people(project: Project, *, rows: list[tuple] | None = None) -> dict:
     """Per reward-model version and per day of judging: how many of people's pairwise
     preferences (winner over loser; ties left out) the version's rewards order the same way
     (equal rewards count half), with a 95% Wilson interval. The scores come from
@@ -300,8 +306,10 @@ def reward_vs_people(project: Project) -> dict:
         scores.setdefault(version_id, {})[response_id] = reward
     versions = {v.pk: v for v in ModelVersion.objects.filter(pk__in=scores)}
     tallies: dict[int, dict[int, list[float]]] = {pk: {} for pk in scores}
-    rows = Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR).values_list("ranking", "created_at")
-    for ranking, created_at in rows.iterator(chunk_size=CHUNK):
+    if not scores:
+        return {"versions": []}
+    rows = human_judgements(project) if rows is None else rows
+    for _, _, _, _, _, ranking, _, _, _, created_at in rows:
         groups = [g for g in (ranking or []) if g]
         if len(groups) < 2:
             continue
@@ -343,10 +351,11 @@ def reward_vs_people(project: Project) -> dict:
 
 def quality_report(project: Project) -> dict:
     """Everything the quality page shows, as plain JSON."""
+    rows = human_judgements(project)
     return {
         "project": project.pk,
-        "agreement": agreement_summary(project),
-        "annotators": annotator_summary(project),
-        "leaderboard": leaderboard_summary(project),
-        "reward_vs_people": reward_vs_people(project),
+        "agreement": agreement_summary(project, rows=rows),
+        "annotators": annotator_summary(project, rows=rows),
+        "leaderboard": leaderboard_summary(project, rows=rows),
+        "reward_vs_people": reward_vs_people(project, rows=rows),
     }
