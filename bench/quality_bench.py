@@ -57,8 +57,8 @@ def generate(project_name: str, judgements: int, annotators: int) -> int:
             [p],
         )
         cursor.execute(
-            "INSERT INTO labeling_comparisontask (project_id, prompt_id, response_set_hash, priority, status, is_gold, judgement_count, created_at) "
-            "SELECT %s, id, content_hash, 0, 'complete', false, 3, now() FROM labeling_prompt WHERE project_id = %s",
+            "INSERT INTO labeling_comparisontask (project_id, prompt_id, response_set_hash, priority, status, is_gold, judgement_count, order_score, created_at) "
+            "SELECT %s, id, content_hash, 0, 'complete', false, 3, 0, now() FROM labeling_prompt WHERE project_id = %s",
             [p, p],
         )
         cursor.execute(
