@@ -144,7 +144,7 @@ def test_a_paused_annotator_gets_no_tasks_and_a_page_that_says_why(client, peopl
     page = client.get(f"/projects/{project.pk}/label/")
     assert page.status_code == 403
     html = page.content.decode()
-    assert "picks the first reply 95% of the time &lt;b&gt;" in html and "quality checks" in html
+    assert "picks the first reply 95% of the time &lt;b&gt;" in html and "quality checks have paused" in html
     api = APIClient()
     api.force_authenticate(kim)
     response = api.post(f"/api/v1/projects/{project.pk}/next-task/")
