@@ -25,7 +25,7 @@ from django.db.models.functions import Length
 from django.utils import timezone
 
 from .models import AnnotatorPause, Judgement, JudgementSource, Project, ProjectQualitySettings, Response, TaskResponse
-from .quality.agreement import agreement_with_majority, alpha_by_period, cohen_kappa_pairs, krippendorff_alpha
+from .quality.agreement import agreement_with_majority, alpha_by_period, cohen_kappa_pairs, krippendorff_alpha, majority_flags
 from .quality.annotators import AnnotatorReport, Thresholds, annotator_report, wilson_interval
 from .quality.leaderboard import bradley_terry, pairs_from_ranked_arrays
 
@@ -119,6 +119,19 @@ def agreement_summary(project: Project, *, draws: int = 1000, seed: int = 0, row
         .distinct()
     )
     kappas = cohen_kappa_pairs(task, annotator, nominal, len(NOMINAL)) if task.size else []
+    usable, agreed = majority_flags(task, nominal, len(NOMINAL))
+    over_time = []
+    for week in np.unique(weeks):
+        in_week = weeks == week
+        pairs = cohen_kappa_pairs(task[in_week], annotator[in_week], nominal[in_week], len(NOMINAL))
+        weighted = [(p.kappa, p.shared) for p in pairs if p.kappa is not None]
+        compared = int(usable[in_week].sum())
+        over_time.append({
+            "week": date.fromordinal(int(week)).isoformat(),
+            "judgements": int(in_week.sum()),
+            "majority_rate": float(agreed[in_week].sum() / compared) if compared else None,
+            "mean_kappa": float(sum(k * n for k, n in weighted) / sum(n for _, n in weighted)) if weighted else None,
+        })
     majority = agreement_with_majority(task, annotator, nominal, len(NOMINAL)) if task.size else []
     return {
         "pairwise_judgements": int(task.size),
@@ -128,6 +141,7 @@ def agreement_summary(project: Project, *, draws: int = 1000, seed: int = 0, row
             "ordinal_strength": _alpha(krippendorff_alpha(task[has_ordinal], ordinal[has_ordinal], 9, "ordinal", draws=draws, seed=seed)),
             "ordinal_rankings": _alpha(krippendorff_alpha(rank_units, data["rank_rank"], 8, "ordinal", draws=draws, seed=seed)),
         },
+        "by_week": over_time,  # agreement with the majority and kappa (pairs weighted by shared tasks) per week of judging
         "alpha_by_week": [
             {"week": date.fromordinal(int(week)).isoformat(), **_alpha(result)} for week, result in sorted(by_week.items())
         ],

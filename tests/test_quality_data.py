@@ -69,6 +69,18 @@ def test_pairwise_verdicts_are_in_task_order_and_alpha_matches_the_oracle(people
     majority = {row["annotator"]: row for row in summary["majority_agreement"]}
     assert majority["q2"]["compared"] == 5 and majority["q2"]["agreed"] == 2  # task 3: the others split
     assert summary["alpha_by_week"] and summary["alpha_by_week"][0]["alpha"] == pytest.approx(expected, abs=1e-9)
+    # the other agreement figures over time: one week here, so they equal the totals
+    (week,) = summary["by_week"]
+    assert week["judgements"] == 17 and week["week"] == summary["alpha_by_week"][0]["week"]
+    rows = summary["majority_agreement"]
+    assert week["majority_rate"] == pytest.approx(sum(r["agreed"] for r in rows) / sum(r["compared"] for r in rows))
+    pairs = [r for r in summary["kappa_pairs"] if r["kappa"] is not None]
+    assert week["mean_kappa"] == pytest.approx(sum(r["kappa"] * r["shared"] for r in pairs) / sum(r["shared"] for r in pairs))
+    from labeling.models import Judgement
+
+    Judgement.objects.filter(task__in=tasks[:3]).update(created_at=timezone.now() - timedelta(days=14))
+    weeks = agreement_summary(project, draws=0)["by_week"]
+    assert [w["judgements"] for w in weeks] == [9, 8] and weeks[0]["week"] < weeks[1]["week"]
 
 
 def test_ordinal_strength_scale_and_rankings(people):

@@ -49,6 +49,8 @@ def quality_page(request, project_id: int):
         title="Reward model agreement with people per day", y_label="agreement", x_label="day judged",
         y_min=0.0, y_max=1.0, reference=0.5,
     )
+    alpha_of_week = {row["week"]: row["alpha"] for row in summary["alpha_by_week"]}
+    weekly_rows = [{**row, "alpha": alpha_of_week.get(row["week"])} for row in summary["by_week"]]
     majority = {row["annotator"]: row for row in summary["majority_agreement"]}
     annotators = [{**row, "majority": majority.get(row["username"])} for row in report["annotators"]["annotators"]]
     form = QualitySettingsForm(instance=quality_settings_for(project))
@@ -67,7 +69,7 @@ def quality_page(request, project_id: int):
         {
             "project": project, "report": report, "summary": summary, "weekly": weekly,
             "kappas": summary["kappa_pairs"][:KAPPA_ROWS], "annotators": annotators, "form": form,
-            "project_figures": report["annotators"]["project"], "board": board, "rm": rm, "rm_chart": rm_chart,
+            "project_figures": report["annotators"]["project"], "board": board, "rm": rm, "rm_chart": rm_chart, "weekly_rows": weekly_rows,
             "matrix_names": [board["names"][i] for i in ranked], "matrix": matrix,
         },
     )

@@ -205,15 +205,13 @@ class MajorityAgreement:
         return self.agreed / self.compared if self.compared else None
 
 
-def agreement_with_majority(units, coders, values, n_values: int) -> list[MajorityAgreement]:
-    """Per coder: how often their value equals the majority value of the *other* coders on
-    the same unit; units where the others are split evenly (no unique majority) or absent
-    are left out."""
+def majority_flags(units, values, n_values: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per value: whether the *other* values of its unit have a unique majority (usable),
+    and whether it equals that majority (agreed)."""
     units = np.asarray(units)
-    coders = np.asarray(coders)
     values = np.asarray(values, dtype=np.int64)
     if units.size == 0:
-        return []
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
     _, unit_index = np.unique(units, return_inverse=True)
     counts = np.zeros((unit_index.max() + 1, n_values))
     np.add.at(counts, (unit_index, values), 1)
@@ -222,7 +220,17 @@ def agreement_with_majority(units, coders, values, n_values: int) -> list[Majori
     top = others.max(axis=1)
     unique_top = (others == top[:, None]).sum(axis=1) == 1
     usable = (others.sum(axis=1) > 0) & unique_top
-    agreed = usable & (others.argmax(axis=1) == values)
+    return usable, usable & (others.argmax(axis=1) == values)
+
+
+def agreement_with_majority(units, coders, values, n_values: int) -> list[MajorityAgreement]:
+    """Per coder: how often their value equals the majority value of the *other* coders on
+    the same unit; units where the others are split evenly (no unique majority) or absent
+    are left out."""
+    coders = np.asarray(coders)
+    if coders.size == 0:
+        return []
+    usable, agreed = majority_flags(units, values, n_values)
     coder_ids, coder_index = np.unique(coders, return_inverse=True)
     compared_n = np.bincount(coder_index, weights=usable, minlength=len(coder_ids))
     agreed_n = np.bincount(coder_index, weights=agreed, minlength=len(coder_ids))
