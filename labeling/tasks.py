@@ -30,11 +30,10 @@ def check_quality() -> dict:
             Judgement.objects.filter(task__project=project, annotator_id__in=flagged)
             .values("annotator_id").annotate(at=Max("created_at")).values_list("annotator_id", "at")
         )
-        for annotator in get_user_model().objects.filter(pk__in=flagged):
+        already = set(AnnotatorPause.objects.filter(project=project, lifted_at__isnull=True).values_list("annotator_id", flat=True))
+        for annotator in get_user_model().objects.filter(pk__in=flagged).exclude(pk__in=already):
             if annotator.pk in lifted and (annotator.pk not in latest or latest[annotator.pk] <= lifted[annotator.pk]):
                 continue  # an admin lifted it and nothing new since
-            if AnnotatorPause.objects.filter(project=project, annotator=annotator, lifted_at__isnull=True).exists():
-                continue
             services.pause_annotator(project=project, annotator=annotator, reason="automatic: " + "; ".join(flagged[annotator.pk]))
             paused.setdefault(project.pk, []).append(annotator.pk)
     return {"projects_checked": len(projects), "paused": paused}

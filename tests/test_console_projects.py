@@ -336,6 +336,12 @@ def test_export_downloads_what_the_api_and_cli_give(admin_client, project, kim, 
     shown = text(admin_client.get(url, {"format": "trl", "aggregate": "majority"}))
     assert "export_preferences --project &#x27;test project&#x27; --format trl --aggregate majority" in shown
     assert "format=trl&amp;aggregate=majority" in shown
+    # names with quotes, spaces or & stay one shell word and one query value
+    project.name = "kim's project"
+    project.save()
+    shown = text(admin_client.get(url, {"format": "raw", "annotator": "a&b c", "exclude_paused": "on"}))
+    assert "--project &#x27;kim&#x27;&quot;&#x27;&quot;&#x27;s project&#x27;" in shown and "--annotator &#x27;a&amp;b c&#x27; --exclude-paused" in shown
+    assert "annotator=a%26b+c&amp;exclude_paused=true" in shown
 
 
 @pytest.mark.parametrize(

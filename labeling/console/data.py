@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib.auth import get_user_model
@@ -22,9 +24,8 @@ from training.models import ModelVersion
 from .. import selectors
 from ..api.views import export_disposition
 from ..exceptions import ImportFailed, LabelingError
-from ..exporting import AGGREGATES
+from ..exporting import AGGREGATES, iter_export_lines
 from ..exporting import FORMATS as EXPORT_FORMATS
-from ..exporting import iter_export_lines
 from ..importing.formats import FORMATS as IMPORT_FORMATS
 from ..importing.services import LABELLED_FORMATS, import_steps
 from ..models import (
@@ -275,12 +276,11 @@ def export_page(request, project_id: int):
     if bound and form.is_valid():
         options = {k: v for k, v in form.cleaned_data.items() if v not in (None, "", False)}
         flags = " ".join(
-            f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}"
+            f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {shlex.quote(str(v))}"
             for k, v in options.items() if k != "format" and not (k == "aggregate" and v == "none")
         )
-        cli = f"python manage.py export_preferences --project '{project.name}' --format {options['format']} {flags} --out export.jsonl"
-        query = "&".join(f"{k}={v}" for k, v in options.items())
-        api = f"{reverse('api-export', args=[project.pk])}?{query}"
+        cli = f"python manage.py export_preferences --project {shlex.quote(project.name)} --format {options['format']} {flags} --out export.jsonl"
+        api = f"{reverse('api-export', args=[project.pk])}?{urlencode({k: str(v).lower() if v is True else v for k, v in options.items()})}"
     annotators = (
         get_user_model().objects.filter(judgements__task__project=project).distinct().order_by("username").values_list("username", flat=True)
     )
