@@ -5,10 +5,12 @@ of each part.
 The project is generated in PostgreSQL with INSERT ... SELECT generate_series (a minute or
 two, not timed): N / 3 pairwise tasks, each judged by 3 distinct annotators; replies from
 6 sources; verdicts 45% / 45% / 10% (#1, #2, tie) with a bias per annotator; shuffled
-display orders; times on task; dates over 12 weeks. Then it times what the page does:
-reading the judgements once (labeling.quality_data.human_judgements), agreement (alpha x 3 with 1,000
-bootstrap draws, per week, kappa per pair, majority), annotator quality and flags, the
-leaderboard (1,000 draws).
+display orders; times on task; dates over 12 weeks; two reward-model versions that scored
+every reply. Then it times what the page does: reading the judgements once
+(labeling.quality_table.build_table: a few queries whose answers numpy reads whole),
+agreement (alpha x 3 with 1,000 bootstrap draws, per week, kappa per pair, majority),
+annotator quality and flags, the leaderboard (1,000 draws), and the reward models'
+agreement with people per day.
 
     createdb -h 127.0.0.1 -U postgres bench_quality
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench_quality python bench/quality_bench.py [--judgements 1000000]
@@ -94,6 +96,16 @@ def generate(project_name: str, judgements: int, annotators: int) -> int:
             """,
             {"p": p, "users": users, "a": annotators},
         )
+        # two reward-model versions that scored every reply (the reward-model-versus-people chart)
+        from training.models import ModelVersion
+
+        for number in (1, 2):
+            version = ModelVersion.objects.create(project=project, kind="reward", number=number, artifact_path="/bench")
+            cursor.execute(
+                "INSERT INTO training_replyscore (response_id, version_id, reward, scored_at) "
+                "SELECT r.id, %s, random(), now() FROM labeling_response r JOIN labeling_prompt p ON p.id = r.prompt_id WHERE p.project_id = %s",
+                [version.pk, p],
+            )
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
     return project.pk
@@ -125,10 +137,11 @@ def main() -> int:
     started = time.perf_counter()
     rows: list = []
     for part, compute in (
-        ("read", lambda: rows.extend(quality_data.human_judgements(project))),
-        ("agreement", lambda: quality_data.agreement_summary(project, rows=rows)),
-        ("annotators", lambda: quality_data.annotator_summary(project, rows=rows)),
-        ("leaderboard", lambda: quality_data.leaderboard_summary(project, rows=rows)),
+        ("read", lambda: rows.append(quality_data.judgement_table(project))),
+        ("agreement", lambda: quality_data.agreement_summary(project, table=rows[0])),
+        ("annotators", lambda: quality_data.annotator_summary(project, table=rows[0])),
+        ("leaderboard", lambda: quality_data.leaderboard_summary(project, table=rows[0])),
+        ("reward_vs_people", lambda: quality_data.reward_vs_people(project, table=rows[0])),
     ):
         t = time.perf_counter()
         output = compute()

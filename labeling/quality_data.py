@@ -21,76 +21,32 @@ from datetime import date
 
 import numpy as np
 from django.contrib.auth import get_user_model
-from django.db.models.functions import Length
-from django.utils import timezone
 
-from .models import AnnotatorPause, Judgement, JudgementSource, Project, ProjectQualitySettings, Response, TaskResponse
+from .models import AnnotatorPause, Project, ProjectQualitySettings, Response
 from .quality.agreement import agreement_with_majority, alpha_by_period, cohen_kappa_pairs, krippendorff_alpha, majority_flags
 from .quality.annotators import AnnotatorReport, Thresholds, annotator_report, wilson_interval
 from .quality.leaderboard import bradley_terry, pairs_from_ranked_arrays
+from .quality_table import JudgementTable, build_table, fetch_columns, is_in_sorted, lookup_sorted
 
 CHUNK = 5000
 NOMINAL = ("#1 better", "#2 better", "tie", "both bad")
 
 
-def _positions(project: Project) -> dict[int, dict[int, int]]:
-    """task id -> {response id: task position}."""
-    positions: dict[int, dict[int, int]] = {}
-    for task_id, response_id, position in TaskResponse.objects.filter(task__project=project).values_list(
-        "task_id", "response_id", "position"
-    ).iterator(chunk_size=CHUNK):
-        positions.setdefault(task_id, {})[response_id] = position
-    return positions
+def judgement_table(project: Project) -> JudgementTable:
+    """The project's human judgements as columns (labeling.quality_table), read once per
+    report: the summaries below take it as `table`."""
+    return build_table(project)
 
 
-COLUMNS = ("pk", "task_id", "annotator_id", "choice", "strength", "ranking", "display_order", "time_spent_ms", "gold_correct", "created_at")
-
-
-def human_judgements(project: Project) -> list[tuple]:
-    """The project's human judgements, the COLUMNS of each, read once per report (the
-    summaries below take them as `rows` so that a report reads the table once)."""
-    return list(
-        Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR)
-        .values_list(*COLUMNS).order_by("pk").iterator(chunk_size=CHUNK)
-    )
-
-
-def judgement_arrays(project: Project, *, rows: list[tuple] | None = None) -> dict[str, np.ndarray]:
+def judgement_arrays(project: Project, *, table: JudgementTable | None = None) -> dict[str, np.ndarray]:
     """Human judgements of the project as arrays (see the module docstring for the scales)."""
-    positions = _positions(project)
-    rows = human_judgements(project) if rows is None else rows
-    pair = {k: [] for k in ("task", "annotator", "nominal", "ordinal", "day")}
-    rank = {k: [] for k in ("unit_task", "unit_position", "annotator", "rank", "day")}
-    for _, task_id, annotator_id, choice, strength, ranking, _, _, _, created_at in rows:
-        where = positions.get(task_id, {})
-        day = timezone.localtime(created_at).date().toordinal()
-        if len(where) == 2:
-            if choice == "tie":
-                nominal, ordinal = 2, 4
-            elif choice == "both_bad":
-                nominal, ordinal = 3, 4
-            else:
-                winner = where.get(ranking[0][0]) if ranking and ranking[0] else None
-                if winner not in (0, 1):
-                    continue
-                nominal = winner
-                ordinal = (4 - strength if winner == 0 else 4 + strength) if strength else -1
-            pair["task"].append(task_id)
-            pair["annotator"].append(annotator_id)
-            pair["nominal"].append(nominal)
-            pair["ordinal"].append(ordinal)
-            pair["day"].append(day)
-        elif len(where) > 2:
-            for group_index, group in enumerate(ranking or []):
-                for response_id in group:
-                    if response_id in where:
-                        rank["unit_task"].append(task_id)
-                        rank["unit_position"].append(where[response_id])
-                        rank["annotator"].append(annotator_id)
-                        rank["rank"].append(group_index)
-                        rank["day"].append(day)
-    out = {f"pair_{k}": np.asarray(v, dtype=np.int64) for k, v in pair.items()}
-    out.update({f"rank_{k}": np.asarray(v, dtype=np.int64) for k, v in rank.items()})
+    table = judgement_table(project) if table is None else table
+    pairwise = table.nominal >= 0
+    out = {
+        "pair_task": table.task[pairwise], "pair_annotator": table.annotator[pairwise], "pair_nominal": table.nominal[pairwise],
+        "pair_ordinal": table.ordinal[pairwise], "pair_day": table.day[pairwise],
+    }
+    out.update({f"rank_{k}": table.rank[k] for k in ("unit_task", "unit_position", "annotator", "rank", "day")})
     return out
 
 
@@ -103,21 +59,17 @@ def _week_start(days: np.ndarray) -> np.ndarray:
     return days - (days - 1) % 7
 
 
-def agreement_summary(project: Project, *, draws: int = 1000, seed: int = 0, rows: list[tuple] | None = None) -> dict:
+def agreement_summary(project: Project, *, draws: int = 1000, seed: int = 0, table: JudgementTable | None = None) -> dict:
     """Alpha (nominal, ordinal, rankings) with bootstrap CIs, alpha per week, Cohen's kappa
     for every pair of annotators, agreement with the majority of the others."""
-    data = judgement_arrays(project, rows=rows)
+    data = judgement_arrays(project, table=table)
     task, annotator = data["pair_task"], data["pair_annotator"]
     nominal, ordinal = data["pair_nominal"], data["pair_ordinal"]
     has_ordinal = ordinal >= 0
     rank_units = data["rank_unit_task"] * 16 + data["rank_unit_position"]  # K <= 8: a unique id per (task, reply)
     weeks = _week_start(data["pair_day"])
     by_week = alpha_by_period(task, nominal, weeks, len(NOMINAL), "nominal") if task.size else {}
-    usernames = dict(
-        Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR)
-        .values_list("annotator_id", "annotator__username")
-        .distinct()
-    )
+    usernames = dict(get_user_model().objects.filter(pk__in=np.unique(annotator).tolist()).values_list("pk", "username"))
     kappas = cohen_kappa_pairs(task, annotator, nominal, len(NOMINAL)) if task.size else []
     usable, agreed = majority_flags(task, nominal, len(NOMINAL))
     over_time = []
@@ -180,47 +132,21 @@ def thresholds_for(settings_row: ProjectQualitySettings) -> Thresholds:
     )
 
 
-def annotator_arrays(project: Project, *, rows: list[tuple] | None = None) -> dict[str, np.ndarray]:
+def annotator_arrays(project: Project, *, table: JudgementTable | None = None) -> dict[str, np.ndarray]:
     """Per human judgement, in the annotator's own terms (what they saw): the display
     position that won, how many replies were shown, whether the longer reply won, the
     key pressed (for straight-lining), time on task, gold outcome, time."""
-    lengths = dict(
-        Response.objects.filter(prompt__project=project).annotate(n=Length("text")).values_list("pk", "n").iterator(chunk_size=CHUNK)
-    )
-    columns = {k: [] for k in ("annotator", "time_ms", "winner_position", "n_replies", "chose_longer", "answer", "order", "gold")}
-    rows = human_judgements(project) if rows is None else rows
-    for _, _, annotator_id, choice, _, ranking, order, time_ms, gold, created_at in rows:
-        order = list(order or [])
-        top = ranking[0] if ranking else []
-        winner = order.index(top[0]) if len(top) == 1 and top[0] in order and choice not in ("tie", "both_bad") else -1
-        longer = -1
-        if len(order) == 2 and winner >= 0:
-            mine, theirs = lengths.get(order[winner]), lengths.get(order[1 - winner])
-            if mine is not None and theirs is not None and mine != theirs:
-                longer = int(mine > theirs)
-        columns["annotator"].append(annotator_id)
-        columns["time_ms"].append(np.nan if time_ms is None else time_ms)
-        columns["winner_position"].append(winner)
-        columns["n_replies"].append(len(order))
-        columns["chose_longer"].append(longer)
-        columns["answer"].append(ANSWER_CODES.get(choice, 10 + winner if winner >= 0 else 9))
-        columns["order"].append(created_at.timestamp())
-        columns["gold"].append(-1 if gold is None else int(gold))
+    table = judgement_table(project) if table is None else table
+    answer = np.where((table.choice >= 0) & (table.choice <= 3), table.choice, np.where(table.shown_winner >= 0, 10 + table.shown_winner, 9))
     return {
-        "annotator": np.asarray(columns["annotator"], dtype=np.int64),
-        "time_ms": np.asarray(columns["time_ms"], dtype=float),
-        "winner_position": np.asarray(columns["winner_position"], dtype=np.int64),
-        "n_replies": np.asarray(columns["n_replies"], dtype=np.int64),
-        "chose_longer": np.asarray(columns["chose_longer"], dtype=np.int64),
-        "answer": np.asarray(columns["answer"], dtype=np.int64),
-        "order": np.asarray(columns["order"], dtype=float),
-        "gold": np.asarray(columns["gold"], dtype=np.int64),
+        "annotator": table.annotator, "time_ms": table.time_ms, "winner_position": table.shown_winner, "n_replies": table.n_shown,
+        "chose_longer": table.chose_longer, "answer": answer, "order": table.epoch, "gold": table.gold,
     }
 
 
-def annotator_quality(project: Project, settings_row: ProjectQualitySettings | None = None, *, rows: list[tuple] | None = None) -> AnnotatorReport:
+def annotator_quality(project: Project, settings_row: ProjectQualitySettings | None = None, *, table: JudgementTable | None = None) -> AnnotatorReport:
     settings_row = settings_row or quality_settings_for(project)
-    data = annotator_arrays(project, rows=rows)
+    data = annotator_arrays(project, table=table)
     return annotator_report(
         data["annotator"], time_ms=data["time_ms"], winner_position=data["winner_position"], n_replies=data["n_replies"],
         chose_longer=data["chose_longer"], answer_code=data["answer"], order=data["order"], gold_correct=data["gold"],
@@ -248,8 +174,8 @@ def _plain(value):
     return value
 
 
-def annotator_summary(project: Project, *, rows: list[tuple] | None = None) -> dict:
-    report = annotator_quality(project, rows=rows)
+def annotator_summary(project: Project, *, table: JudgementTable | None = None) -> dict:
+    report = annotator_quality(project, table=table)
     usernames = dict(get_user_model().objects.filter(pk__in=[row.annotator for row in report.annotators]).values_list("pk", "username"))
     paused = dict(AnnotatorPause.objects.filter(project=project, lifted_at__isnull=True).values_list("annotator_id", "reason"))
     rows = []
@@ -276,20 +202,14 @@ def reply_sources(project: Project) -> tuple[dict[int, int], list[str]]:
     return source_of, names
 
 
-def leaderboard_summary(project: Project, *, draws: int = 1000, seed: int = 0, rows: list[tuple] | None = None) -> dict:
+def leaderboard_summary(project: Project, *, draws: int = 1000, seed: int = 0, table: JudgementTable | None = None) -> dict:
     """Bradley-Terry over reply sources from every human judgement (ties half a win each),
     with bootstrap intervals, the win-rate matrix and the comparison counts."""
-    source_of, names = reply_sources(project)
-    judgement_ids, sources, groups = [], [], []
-    rows = human_judgements(project) if rows is None else rows
-    for pk, _, _, _, _, ranking, _, _, _, _ in rows:
-        for group_index, group in enumerate(ranking or []):
-            for response_id in group:
-                if response_id in source_of:
-                    judgement_ids.append(pk)
-                    sources.append(source_of[response_id])
-                    groups.append(group_index)
-    pairs = pairs_from_ranked_arrays(np.asarray(judgement_ids, dtype=np.int64), np.asarray(sources, dtype=np.int64), np.asarray(groups, dtype=np.int64))
+    table = judgement_table(project) if table is None else table
+    names = table.source_names
+    sources = table.lookup(table.entry_response, table.response_source, -1)
+    known = sources >= 0
+    pairs = pairs_from_ranked_arrays(table.entry_row[known], sources[known], table.entry_group[known])
     if not names or pairs.a.size == 0:
         return {"sources": [], "names": names, "win_matrix": [], "count_matrix": [], "comparisons": 0, "connected": True}
     board = bradley_terry(pairs.a, pairs.b, pairs.outcome, n_sources=len(names), names=names, draws=draws, seed=seed)
@@ -306,41 +226,44 @@ def leaderboard_summary(project: Project, *, draws: int = 1000, seed: int = 0, r
     }
 
 
-def reward_vs_people(project: Project, *, rows: list[tuple] | None = None) -> dict:
+def reward_vs_people(project: Project, *, table: JudgementTable | None = None) -> dict:
     """Per reward-model version and per day of judging: how many of people's pairwise
     preferences (winner over loser; ties left out) the version's rewards order the same way
     (equal rewards count half), with a 95% Wilson interval. The scores come from
     training.scoring (the periodic task scores judged replies with the active reward model)."""
-    from training.models import ModelVersion, ReplyScore
+    from training.models import ModelVersion
 
-    scores: dict[int, dict[int, float]] = {}
-    for version_id, response_id, reward in ReplyScore.objects.filter(response__prompt__project=project).values_list(
-        "version_id", "response_id", "reward"
-    ).iterator(chunk_size=CHUNK):
-        scores.setdefault(version_id, {})[response_id] = reward
-    versions = {v.pk: v for v in ModelVersion.objects.filter(pk__in=scores)}
-    tallies: dict[int, dict[int, list[float]]] = {pk: {} for pk in scores}
-    if not scores:
+    table = judgement_table(project) if table is None else table
+    replies = table.response_id
+    if replies.size == 0:
         return {"versions": []}
-    rows = human_judgements(project) if rows is None else rows
-    for _, _, _, _, _, ranking, _, _, _, created_at in rows:
-        groups = [g for g in (ranking or []) if g]
-        if len(groups) < 2:
-            continue
-        day = timezone.localtime(created_at).date().toordinal()
-        for version_id, reward in scores.items():
-            agree = n = 0.0
-            for better_index, better in enumerate(groups):
-                for worse in groups[better_index + 1 :]:
-                    for b in better:
-                        for w in worse:
-                            if b in reward and w in reward:
-                                n += 1
-                                agree += 1.0 if reward[b] > reward[w] else 0.5 if reward[b] == reward[w] else 0.0
-            if n:
-                tally = tallies[version_id].setdefault(day, [0.0, 0.0])
-                tally[0] += agree
-                tally[1] += n
+    version_ids, response_ids, rewards = fetch_columns(  # the scores of the range of the project's reply ids, then its own
+        "SELECT s.version_id, s.response_id, s.reward FROM training_replyscore s WHERE s.response_id BETWEEN %s AND %s",
+        [int(replies[0]), int(replies[-1])], "iif", order_by=2,
+    )
+    mine = is_in_sorted(replies, response_ids)
+    version_ids, response_ids, rewards = version_ids[mine], response_ids[mine], rewards[mine]
+    if version_ids.size == 0:
+        return {"versions": []}
+    versions = {v.pk: v for v in ModelVersion.objects.filter(pk__in=np.unique(version_ids).tolist())}
+    # people's strict preferences: one row per (better reply, worse reply) of a judgement
+    pairs = pairs_from_ranked_arrays(table.entry_row, table.entry_response, table.entry_group)
+    strict = pairs.outcome == 1.0
+    better, worse, day = pairs.a[strict], pairs.b[strict], table.day[pairs.judgement[strict]]
+    tallies: dict[int, dict[int, list[float]]] = {}
+    for version_id in np.unique(version_ids).tolist():
+        mine = version_ids == version_id
+        keys, values = response_ids[mine], rewards[mine]
+        r_better = lookup_sorted(keys, values, better, np.nan)
+        r_worse = lookup_sorted(keys, values, worse, np.nan)
+        scored = ~(np.isnan(r_better) | np.isnan(r_worse))
+        agree = np.where(r_better > r_worse, 1.0, np.where(r_better == r_worse, 0.5, 0.0))[scored]
+        days, inverse = np.unique(day[scored], return_inverse=True)
+        inverse = inverse.reshape(-1)
+        tallies[version_id] = {
+            int(d): [float(a), float(k)]
+            for d, a, k in zip(days, np.bincount(inverse, weights=agree, minlength=days.size), np.bincount(inverse, minlength=days.size))
+        }
     out = []
     for version_id, by_day in tallies.items():
         if not by_day:
@@ -365,11 +288,11 @@ def reward_vs_people(project: Project, *, rows: list[tuple] | None = None) -> di
 
 def quality_report(project: Project) -> dict:
     """Everything the quality page shows, as plain JSON."""
-    rows = human_judgements(project)
+    table = judgement_table(project)
     return {
         "project": project.pk,
-        "agreement": agreement_summary(project, rows=rows),
-        "annotators": annotator_summary(project, rows=rows),
-        "leaderboard": leaderboard_summary(project, rows=rows),
-        "reward_vs_people": reward_vs_people(project, rows=rows),
+        "agreement": agreement_summary(project, table=table),
+        "annotators": annotator_summary(project, table=table),
+        "leaderboard": leaderboard_summary(project, table=table),
+        "reward_vs_people": reward_vs_people(project, table=table),
     }

@@ -439,3 +439,94 @@ def test_balanced_ordering_serves_the_least_compared_sources_first(people):
     lease = assign_next_task(project=project, annotator=people[1])
     assert lease.task.prompt.source == "c-vs-d.jsonl"  # the never compared pair first, though its tasks came later
 
+
+
+def _tables_equal(fast, slow):
+    import dataclasses
+
+    for f in dataclasses.fields(fast):
+        a, b = getattr(fast, f.name), getattr(slow, f.name)
+        if isinstance(a, dict):
+            assert a.keys() == b.keys(), f.name
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{f.name}.{key}")
+        elif isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b, err_msg=f.name)
+        else:
+            assert a == b, f.name
+
+
+def test_the_vectorised_table_equals_the_row_by_row_definition(people):
+    """build_table reads standard pairwise judgements from SQL columns and parsed JSON text,
+    and everything else row by row (_row_columns): both ways give the same table on a
+    project with every kind of verdict, odd stored rankings included."""
+    from labeling.models import Judgement, JudgementSource, Response
+    from labeling.quality_table import build_table
+
+    project = Project.objects.create(name="table", overlap_k=3, gold_rate=0, max_responses=3)
+    import_items(project, make_items(6) + make_items(2, replies=3, prefix="three"))
+    tasks = list(ComparisonTask.objects.filter(project=project).order_by("pk"))
+    pairs = [t for t in tasks if t.task_responses.count() == 2]
+    triples = [t for t in tasks if t.task_responses.count() == 3]
+    for task in pairs[:2]:  # reply #2 longer: people[0] picks #1 on the first, #2 on the second
+        Response.objects.filter(pk=task.task_responses.get(position=1).response_id).update(text="a much longer reply " * 5)
+    for n, task in enumerate(pairs):
+        ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        judge(task, people[0], ids, winner=n % 2, strength=1 + n % 4)
+        judge(task, people[1], ids[::-1], choice="tie" if n % 2 else "both_bad")
+        judge(task, people[2], ids[::-1], winner=0, strength=4)
+    for task in triples:
+        order = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        judge(task, people[0], order, ranks=[2, 1, 2])
+        judge(task, people[1], order[::-1], ranks=[1, 2, 3])
+    # odd stored values the API never writes, as an old import or a hand edit might: a
+    # ranking of one group for "A", an id that is not the task's, strings, an empty
+    # display order, an imported label (left out: not a person of this project)
+    odd = list(Judgement.objects.filter(task__in=pairs, annotator=people[2]).order_by("pk"))
+    odd[0].ranking = [[odd[0].ranking[0][0]]]
+    odd[1].ranking = [[999999], [odd[1].ranking[1][0]]]
+    odd[2].ranking, odd[2].display_order = [["x"], ["y"]], []
+    odd[3].display_order = [odd[3].display_order[0]]
+    odd[4].time_spent_ms, odd[4].gold_correct = None, False
+    for j in odd[:5]:
+        j.save()
+    Judgement.objects.filter(pk=odd[5].pk).update(source=JudgementSource.IMPORT)
+    fast, slow = build_table(project), build_table(project, vectorize=False)
+    _tables_equal(fast, slow)
+    assert fast.size == Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR).count() == 21
+    assert (fast.nominal >= 0).sum() == 15  # 6 pairwise tasks x 3, less the imported label, the foreign winner and the strings
+    assert sorted(fast.rank["rank"].tolist()) == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2]
+    assert set(fast.chose_longer.tolist()) == {-1, 0, 1}
+    # the summaries agree as well
+    assert agreement_summary(project, draws=50, table=fast) == agreement_summary(project, draws=50, table=slow)
+
+
+def test_parse_id_lists_reads_only_the_exact_shapes():
+    from labeling.quality_table import parse_id_lists
+
+    texts = [
+        "[[12], [345]]", "[[7, 8]]", "[5, 6]", "[[1], [2], [3]]", "[[1, 2], []]", "[[[1], 2]]", "[]", "null",
+        "[[1.5], [2]]", "[[-1], [2]]", '[["1"], [2]]', "[[12345678901234567890], [1]]", "[[0], [0]]", "[1, 2, 3]",
+    ]
+    out = parse_id_lists("\n".join(texts).encode(), len(texts))
+    assert out[:3].tolist() == [[1, 12, 345], [2, 7, 8], [3, 5, 6]]
+    assert out[3:12, 0].tolist() == [0] * 9 and (out[3:12, 1:] == -1).all()
+    assert out[12].tolist() == [1, 0, 0] and out[13, 0] == 0
+    assert parse_id_lists(b"", 0).shape == (0, 3)
+    with pytest.raises(ValueError):
+        parse_id_lists(b"[1, 2]\n[3, 4]", 3)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"])
+def test_local_days_match_localtime_across_offsets(zone, settings):
+    from datetime import datetime, timezone as dt_timezone
+
+    from labeling.quality_table import local_days
+
+    settings.TIME_ZONE = zone
+    rng = np.random.default_rng(1)
+    start = datetime(2026, 3, 1, tzinfo=dt_timezone.utc).timestamp()
+    epoch = np.sort(start + rng.uniform(0, 250 * 86400, 5000))  # both DST changes of 2026
+    with timezone.override(zone):
+        expected = [timezone.localtime(datetime.fromtimestamp(t, dt_timezone.utc)).date().toordinal() for t in epoch]
+        assert local_days(epoch).tolist() == expected

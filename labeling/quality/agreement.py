@@ -31,6 +31,28 @@ import numpy as np
 METRICS = ("nominal", "ordinal")
 
 
+def dense_index(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct keys, index of each key among them): np.unique(keys,
+    return_inverse=True), in O(n) through a table when the keys are non-negative integers
+    of a modest range (database ids), by sorting otherwise."""
+    keys = np.asarray(keys).reshape(-1)
+    if keys.size and keys.dtype.kind in "iu" and keys.min() >= 0 and keys.max() < 8 * keys.size + (1 << 20):
+        present = np.zeros(int(keys.max()) + 1, dtype=bool)
+        present[keys] = True
+        distinct = np.flatnonzero(present)
+        position = np.cumsum(present) - 1
+        return distinct.astype(keys.dtype), position[keys]
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    return distinct, inverse.reshape(-1)
+
+
+def count_table(rows: np.ndarray, columns: np.ndarray, n_rows: int, n_columns: int) -> np.ndarray:
+    """n_rows x n_columns float matrix of how often each (row, column) occurs (np.add.at's
+    result, through one bincount)."""
+    flat = np.asarray(rows, dtype=np.int64) * n_columns + np.asarray(columns, dtype=np.int64)
+    return np.bincount(flat, minlength=n_rows * n_columns).astype(float).reshape(n_rows, n_columns)
+
+
 @dataclass(frozen=True)
 class AlphaResult:
     alpha: float | None  # None: no unit with two values, or no variation at all
@@ -48,9 +70,8 @@ def unit_value_counts(units: np.ndarray, values: np.ndarray, n_values: int) -> n
         return np.zeros((0, n_values))
     if values.min() < 0 or values.max() >= n_values:
         raise ValueError(f"values must lie in 0 .. {n_values - 1}")
-    _, index = np.unique(units, return_inverse=True)
-    counts = np.zeros((index.max() + 1, n_values))
-    np.add.at(counts, (index, values), 1)
+    _, index = dense_index(units)
+    counts = count_table(index, values, int(index.max()) + 1, n_values)
     return counts[counts.sum(axis=1) >= 2]
 
 
@@ -58,6 +79,12 @@ def _patterns(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct count vectors and how many units have each."""
     if counts.shape[0] == 0:
         return counts, np.zeros(0)
+    base = int(counts.max()) + 1
+    if base ** counts.shape[1] < 2**62:  # each count vector as one integer: a 1-D unique instead of a row-wise one
+        weights = base ** np.arange(counts.shape[1] - 1, -1, -1, dtype=np.int64)
+        codes, multiplicity = np.unique(counts.astype(np.int64) @ weights, return_counts=True)
+        patterns = (codes[:, None] // weights[None, :]) % base
+        return patterns.astype(float), multiplicity.astype(float)
     patterns, multiplicity = np.unique(counts, axis=0, return_counts=True)
     return patterns, multiplicity.astype(float)
 
@@ -178,10 +205,16 @@ def cohen_kappa_pairs(units, coders, values, n_values: int, min_shared: int = 1)
     va, vb = np.where(swap, vb, va), np.where(swap, va, vb)
     if a.size == 0:
         return []
-    pair_ids, pair_index = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
+    a, b = a.astype(np.int64), b.astype(np.int64)
+    span = int(b.max()) + 1
+    if a.min() >= 0 and b.min() >= 0 and int(a.max()) < (2**62) // span:
+        codes, pair_index = np.unique(a * span + b, return_inverse=True)
+        pair_ids = np.stack([codes // span, codes % span], axis=1)
+    else:
+        pair_ids, pair_index = np.unique(np.stack([a, b], axis=1), axis=0, return_inverse=True)
     pair_index = pair_index.reshape(-1)
-    confusion = np.zeros((len(pair_ids), n_values, n_values))
-    np.add.at(confusion, (pair_index, va, vb), 1)
+    confusion = count_table(pair_index, np.asarray(va) * n_values + np.asarray(vb), len(pair_ids), n_values * n_values)
+    confusion = confusion.reshape(len(pair_ids), n_values, n_values)
     shared = confusion.sum(axis=(1, 2))
     observed = np.trace(confusion, axis1=1, axis2=2) / shared
     chance = (confusion.sum(axis=2) * confusion.sum(axis=1)).sum(axis=1) / shared**2
@@ -212,10 +245,9 @@ def majority_flags(units, values, n_values: int) -> tuple[np.ndarray, np.ndarray
     values = np.asarray(values, dtype=np.int64)
     if units.size == 0:
         return np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
-    _, unit_index = np.unique(units, return_inverse=True)
-    counts = np.zeros((unit_index.max() + 1, n_values))
-    np.add.at(counts, (unit_index, values), 1)
-    others = counts[unit_index].copy()
+    _, unit_index = dense_index(units)
+    counts = count_table(unit_index, values, int(unit_index.max()) + 1, n_values)
+    others = counts[unit_index]
     others[np.arange(len(values)), values] -= 1
     top = others.max(axis=1)
     unique_top = (others == top[:, None]).sum(axis=1) == 1
@@ -231,7 +263,7 @@ def agreement_with_majority(units, coders, values, n_values: int) -> list[Majori
     if coders.size == 0:
         return []
     usable, agreed = majority_flags(units, values, n_values)
-    coder_ids, coder_index = np.unique(coders, return_inverse=True)
+    coder_ids, coder_index = dense_index(coders)
     compared_n = np.bincount(coder_index, weights=usable, minlength=len(coder_ids))
     agreed_n = np.bincount(coder_index, weights=agreed, minlength=len(coder_ids))
     return [MajorityAgreement(int(c), int(n), int(k)) for c, n, k in zip(coder_ids, compared_n, agreed_n)]
