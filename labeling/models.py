@@ -57,12 +57,28 @@ class Project(models.Model):
             ("fifo", "in order (priority, then fewest judgements)"),
             ("uncertainty", "most uncertain for the reward model first"),
             ("balanced", "least compared pairs of reply sources first"),
+            ("disagreement", "more annotators where judgements disagree (up to overlap k max)"),
         ],
         default="fifo",
         blank=True,  # a form or client that leaves it out gets the default (clean)
         help_text="within a priority: uncertainty serves first the tasks whose replies the active reward model scores closest; "
         "balanced those comparing the sources of replies (policy versions, imported sets) people compared least "
-        "(scores from the worker's periodic job, stored on the task, so serving a task costs the same)",
+        "(scores from the worker's periodic job, stored on the task, so serving a task costs the same); "
+        "disagreement gives a task whose judgements disagree one more annotator at a time, up to overlap k max, "
+        "and serves those tasks first",
+    )
+    overlap_k_max = models.PositiveSmallIntegerField(
+        default=0,
+        blank=True,  # a form or client that leaves it out gets the default (clean)
+        validators=[MaxValueValidator(50)],
+        help_text="Task order 'disagreement': the most judgements a task may get while its annotators disagree "
+        "(0: no more than overlap k).",
+    )
+    disagreement_target = models.FloatField(
+        default=0.75,
+        blank=True,  # as overlap_k_max
+        validators=[MinValueValidator(0.5), MaxValueValidator(1.0)],
+        help_text="Task order 'disagreement': a task agrees once its most common verdict has at least this share of its judgements.",
     )
     revision_hours = models.PositiveIntegerField(
         default=24,
@@ -105,6 +121,21 @@ class Project(models.Model):
             self.revision_hours = self._meta.get_field("revision_hours").default
         if not self.task_ordering:
             self.task_ordering = self._meta.get_field("task_ordering").default
+        for name in ("overlap_k_max", "disagreement_target"):
+            if getattr(self, name) is None:
+                setattr(self, name, self._meta.get_field(name).default)
+        problems = overlap_problems(self.overlap_k, self.overlap_k_max, self.task_ordering)
+        if problems:
+            raise ValidationError(problems)
+
+
+def overlap_problems(overlap_k, overlap_k_max, task_ordering) -> dict[str, str]:
+    """{field: reason} for an inconsistent overlap_k_max (the form and the API both check it)."""
+    if overlap_k_max and overlap_k and overlap_k_max < overlap_k:
+        return {"overlap_k_max": f"must be 0 or at least overlap k ({overlap_k})"}
+    if task_ordering == "disagreement" and (not overlap_k_max or (overlap_k and overlap_k_max <= overlap_k)):
+        return {"overlap_k_max": "task order 'disagreement' needs overlap k max above overlap k: the room for more annotators"}
+    return {}
 
 
 class PromptFormat(models.TextChoices):
@@ -186,6 +217,10 @@ class ComparisonTask(models.Model):
         help_text="Gold tasks: the reply a careful annotator must prefer.",
     )
     judgement_count = models.PositiveIntegerField(default=0)
+    extra_judgements = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Judgements wanted beyond the project's overlap k (task order 'disagreement': its judgements disagreed)",
+    )
     order_score = models.PositiveSmallIntegerField(
         default=0,
         help_text="0..1000, served first within a priority: the reward model's uncertainty (task_ordering uncertainty) "

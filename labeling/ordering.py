@@ -52,3 +52,83 @@ def store_order_scores(project: Project, scores: dict[int, int]) -> int:
             changed.append(task)
     ComparisonTask.objects.bulk_update(changed, ["order_score"], batch_size=2000)
     return len(changed)
+
+
+# ------------------------------------------------------------------------- disagreement
+#
+# Task order "disagreement" (#10, active learning): a task whose judgements disagree gets
+# one more annotator at a time, up to the project's overlap_k_max, and is served before
+# fresh tasks, so that its verdict settles. A task agrees when its most common verdict has
+# at least `disagreement_target` (default 3/4) of its judgements: with k = 3, a 2-1 split
+# asks for a fourth judgement, 3-1 settles it, 2-2 asks for a fifth. Verdicts are compared
+# in the task's own terms: the stored ranking (reply ids, tied groups sorted) plus "tie" /
+# "both bad", so two annotators who saw the replies in different orders agree when they
+# preferred the same reply. The decision is taken when a judgement completes the task
+# (labeling.services.submit_judgement, on the locked task row: a handful of judgements),
+# and the periodic job (disagreement_sweep) applies it to tasks judged before the mode was
+# on or before overlap_k_max was raised.
+
+ESCALATED_SCORE = 1000
+
+
+def verdict_key(choice: str, ranking) -> tuple:
+    """One judgement's verdict, comparable across annotators and display orders."""
+    groups = tuple(tuple(group) for group in ranking or []) if isinstance(ranking, list) else ()
+    return (choice if choice in ("tie", "both_bad") else "", groups)
+
+
+def top_share(keys: list[tuple]) -> float:
+    """The share of the most common verdict (1.0 for no judgement)."""
+    if not keys:
+        return 1.0
+    counts: dict[tuple, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    return max(counts.values()) / len(keys)
+
+
+def wants_another(project: Project, judged: int, keys: list[tuple]) -> bool:
+    """Whether a task with `judged` judgements whose verdicts are `keys` should get one more annotator."""
+    return (
+        project.task_ordering == "disagreement"
+        and project.overlap_k_max > project.overlap_k
+        and judged < project.overlap_k_max
+        and top_share(keys) < project.disagreement_target
+    )
+
+
+def task_verdicts(task_ids) -> dict[int, list[tuple]]:
+    """{task id: verdict keys} of the human judgements of these tasks."""
+    out: dict[int, list[tuple]] = {}
+    rows = Judgement.objects.filter(task_id__in=task_ids, source=JudgementSource.ANNOTATOR).values_list("task_id", "choice", "ranking")
+    for task_id, choice, ranking in rows.iterator(chunk_size=CHUNK):
+        out.setdefault(task_id, []).append(verdict_key(choice, ranking))
+    return out
+
+
+def disagreement_sweep(project: Project) -> int:
+    """Reopen the project's completed tasks whose judgements disagree and that have room
+    under overlap_k_max (one more judgement each), and score open tasks: ESCALATED_SCORE
+    for those waiting for an extra judgement, 0 for the others. Returns the tasks changed."""
+    k, k_max = project.overlap_k, project.overlap_k_max
+    changed = 0
+    if project.task_ordering == "disagreement" and k_max > k:
+        candidates = ComparisonTask.objects.filter(
+            project=project, status=TaskStatus.COMPLETE, is_gold=False, judgement_count__gte=k, judgement_count__lt=k_max
+        ).values_list("pk", "judgement_count")
+        last = 0
+        while True:  # in chunks of task ids, each chunk's judgements in one query
+            chunk = dict(candidates.filter(pk__gt=last).order_by("pk")[:CHUNK])
+            if not chunk:
+                break
+            last = max(chunk)
+            verdicts = task_verdicts(list(chunk))
+            reopen = [pk for pk, judged in chunk.items() if wants_another(project, judged, verdicts.get(pk, []))]
+            for pk in reopen:
+                changed += ComparisonTask.objects.filter(pk=pk, status=TaskStatus.COMPLETE).update(
+                    status=TaskStatus.OPEN, extra_judgements=chunk[pk] - k + 1, order_score=ESCALATED_SCORE
+                )
+    open_tasks = ComparisonTask.objects.filter(project=project, status=TaskStatus.OPEN)
+    changed += open_tasks.filter(extra_judgements__gt=0).exclude(order_score=ESCALATED_SCORE).update(order_score=ESCALATED_SCORE)
+    changed += open_tasks.filter(extra_judgements=0, order_score__gt=0).update(order_score=0)
+    return changed

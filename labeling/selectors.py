@@ -6,7 +6,7 @@ from datetime import date, datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import Avg, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import Avg, Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -78,16 +78,16 @@ def tasks_left_for(*, project: Project, annotator, now: datetime | None = None, 
     # by its primary key only and test it in the aggregate's FILTER (or in Python): so the
     # planner keeps a cheap plan even before the tables were ANALYZEd after a bulk import.
     k = project.overlap_k
-    room = Q(task__project=project, task__status=TaskStatus.OPEN, task__is_gold=False, task__judgement_count__lt=k)
-    with_room = ComparisonTask.objects.filter(project=project, status=TaskStatus.OPEN, is_gold=False, judgement_count__lt=k).count()
+    room = Q(task__project=project, task__status=TaskStatus.OPEN, task__is_gold=False, task__judgement_count__lt=F("task__extra_judgements") + k)
+    with_room = ComparisonTask.objects.filter(project=project, status=TaskStatus.OPEN, is_gold=False, judgement_count__lt=F("extra_judgements") + k).count()
     seen = Assignment.objects.filter(annotator=annotator).aggregate(n=Count("pk", filter=room))["n"]
     live = Assignment.objects.filter(state=AssignmentState.LEASED, expires_at__gt=now).values_list(
-        "task_id", "annotator_id", "task__project_id", "task__status", "task__is_gold", "task__judgement_count"
+        "task_id", "annotator_id", "task__project_id", "task__status", "task__is_gold", "task__judgement_count", "task__extra_judgements"
     )
     leases: dict[int, list] = {}
-    for task_id, holder, project_id, status, is_gold, judged in live:
-        if project_id == project.pk and status == TaskStatus.OPEN and not is_gold and judged < k:
-            entry = leases.setdefault(task_id, [judged, 0, False])
+    for task_id, holder, project_id, status, is_gold, judged, extra in live:
+        if project_id == project.pk and status == TaskStatus.OPEN and not is_gold and judged < k + extra:
+            entry = leases.setdefault(task_id, [judged - extra, 0, False])
             entry[1] += 1
             entry[2] = entry[2] or holder == annotator.pk
     full = [task_id for task_id, (judged, n, mine) in leases.items() if judged + n >= k and not mine]
@@ -127,7 +127,9 @@ def project_progress(
     # while the tables were not yet ANALYZEd after an import)
     seen = Assignment.objects.filter(annotator=annotator).values("task_id")
     unseen_with_room = (
-        ComparisonTask.objects.filter(project=project, status=TaskStatus.OPEN, is_gold=False, judgement_count__lt=project.overlap_k)
+        ComparisonTask.objects.filter(
+            project=project, status=TaskStatus.OPEN, is_gold=False, judgement_count__lt=F("extra_judgements") + project.overlap_k
+        )
         .exclude(pk__in=seen)
         .values("pk")[: cap + 1]
     )

@@ -73,9 +73,9 @@ MAX_CANDIDATES_TRIED = 20
 
 def _open_slots(task: ComparisonTask, k: int, now: datetime) -> int:
     """Fresh count for a task whose row this transaction has locked."""
-    judged = ComparisonTask.objects.filter(pk=task.pk).values_list("judgement_count", flat=True).get()
+    judged, extra = ComparisonTask.objects.filter(pk=task.pk).values_list("judgement_count", "extra_judgements").get()
     leased = Assignment.objects.filter(task=task, state=AssignmentState.LEASED, expires_at__gt=now).count()
-    return k - judged - leased
+    return k + extra - judged - leased
 
 
 def _lease_regular_task(project: Project, annotator, now: datetime) -> ComparisonTask | None:
@@ -84,7 +84,7 @@ def _lease_regular_task(project: Project, annotator, now: datetime) -> Compariso
         unseen_tasks(project, annotator)
         .filter(is_gold=False)
         .alias(leases=active_lease_count(now))
-        .alias(slots=Value(k) - F("judgement_count") - F("leases"))
+        .alias(slots=Value(k) + F("extra_judgements") - F("judgement_count") - F("leases"))
         .filter(slots__gt=0)
         .order_by("-priority", "-order_score", "judgement_count", "id")
         .select_related("prompt")  # the page shows it: no second query
@@ -368,7 +368,7 @@ def submit_judgement(
         spent = judgement.time_spent_ms
         if spent is None:
             spent = min(int((now - assignment.leased_at).total_seconds() * 1000), MAX_TIME_SPENT_MS)
-        if not task.is_gold and task.judgement_count >= task.project.overlap_k:
+        if not task.is_gold and task.judgement_count >= task.project.overlap_k + task.extra_judgements:
             # Cannot happen while leases are honoured; refuse rather than exceed k.
             raise AlreadyClosed("this task already has all the judgements it needs")
 
@@ -399,10 +399,30 @@ def submit_judgement(
         task.judgement_count = F("judgement_count") + 1
         task.save(update_fields=["judgement_count"])
         task.refresh_from_db(fields=["judgement_count"])
-        if not task.is_gold and task.judgement_count >= task.project.overlap_k:
-            task.status = TaskStatus.COMPLETE
-            task.save(update_fields=["status"])
+        if not task.is_gold and task.judgement_count >= task.project.overlap_k + task.extra_judgements:
+            _settle_or_escalate(task)
         return stored, True
+
+
+def _settle_or_escalate(task: ComparisonTask) -> None:
+    """A task (row locked) has all the judgements it wanted: complete it, or, in task order
+    'disagreement' when its judgements disagree and overlap_k_max leaves room, ask for one
+    more and serve it first (labeling.ordering)."""
+    from .ordering import ESCALATED_SCORE, task_verdicts, wants_another
+
+    project = task.project
+    if project.task_ordering == "disagreement" and wants_another(project, task.judgement_count, task_verdicts([task.pk]).get(task.pk, [])):
+        task.extra_judgements = task.judgement_count + 1 - project.overlap_k
+        task.order_score = ESCALATED_SCORE
+        task.save(update_fields=["extra_judgements", "order_score"])
+        log.info("task %s: judgements disagree, asking for judgement %s", task.pk, task.judgement_count + 1)
+        return
+    task.status = TaskStatus.COMPLETE
+    fields = ["status"]
+    if task.extra_judgements:  # it was served first while it waited: no longer
+        task.order_score = 0
+        fields.append("order_score")
+    task.save(update_fields=fields)
 
 
 # --------------------------------------------------------------------------- revise

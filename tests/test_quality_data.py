@@ -530,3 +530,79 @@ def test_local_days_match_localtime_across_offsets(zone, settings):
     with timezone.override(zone):
         expected = [timezone.localtime(datetime.fromtimestamp(t, dt_timezone.utc)).date().toordinal() for t in epoch]
         assert local_days(epoch).tolist() == expected
+
+
+def test_disagreement_ordering_adds_annotators_until_the_task_agrees_or_reaches_k_max(people):
+    """Task order 'disagreement': k = 2, k max = 4, settled at 3/4 agreement. A split task
+    gets a third and a fourth annotator, served before fresh tasks; an agreeing task
+    completes at k; at k max a task completes whatever its judgements say."""
+    from labeling.services import assign_next_task
+
+    crowd = people + [create_annotator(username=f"q{i}", password=PASSWORD) for i in range(3, 6)]
+    project = Project.objects.create(name="disagree", overlap_k=2, overlap_k_max=4, gold_rate=0, task_ordering="disagreement")
+    import_items(project, make_items(4))
+    split, agreed, *fresh = ComparisonTask.objects.filter(project=project).order_by("pk")
+
+    def ids(task):
+        return [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+
+    for person, winner in zip(crowd[:2], (0, 0)):
+        judge(agreed, person, ids(agreed), winner=winner)
+    judge(split, crowd[0], ids(split), winner=0)
+    judge(split, crowd[1], ids(split)[::-1], choice="tie")
+    agreed.refresh_from_db()
+    split.refresh_from_db()
+    assert agreed.status == "complete" and agreed.extra_judgements == 0
+    assert split.status == "open" and split.extra_judgements == 1 and split.order_score == 1000
+    lease = assign_next_task(project=project, annotator=crowd[2])
+    assert lease.task_id == split.pk  # waiting for its third judgement: served before the fresh tasks
+    lease.delete()
+    judge(split, crowd[2], ids(split), winner=1)  # 1 of 3 for each verdict
+    split.refresh_from_db()
+    assert split.status == "open" and split.extra_judgements == 2
+    judge(split, crowd[3], ids(split), winner=0)  # 2 of 4: still split, but k max reached
+    split.refresh_from_db()
+    assert split.status == "complete" and split.judgement_count == 4 and split.order_score == 0
+    assert assign_next_task(project=project, annotator=crowd[4]).task_id in {t.pk for t in fresh}
+
+    # the same split under fifo completes at k
+    plain = Project.objects.create(name="plain order", overlap_k=2, overlap_k_max=4, gold_rate=0)
+    import_items(plain, make_items(1, prefix="plain"))
+    task = ComparisonTask.objects.get(project=plain)
+    judge(task, crowd[0], ids(task), winner=0)
+    judge(task, crowd[1], ids(task), winner=1)
+    task.refresh_from_db()
+    assert task.status == "complete"
+
+    # switched to disagreement later, the periodic job reopens it for a third judgement
+    from training.scoring import update_order_scores
+
+    plain.task_ordering = "disagreement"
+    plain.save()
+    assert update_order_scores(plain) == 1
+    task.refresh_from_db()
+    assert task.status == "open" and task.extra_judgements == 1 and task.order_score == 1000
+    assert update_order_scores(plain) == 0  # nothing more to do
+    judge(task, crowd[2], ids(task), winner=0)
+    judge(task, crowd[3], ids(task)[::-1], winner=0)  # 3 of 4 agree
+    task.refresh_from_db()
+    assert task.status == "complete" and task.judgement_count == 4
+
+
+def test_disagreement_settings_are_checked(people):
+    from rest_framework.test import APIClient
+
+    boss = create_annotator(username="qboss6", password=PASSWORD, is_admin=True)
+    api = APIClient()
+    api.force_authenticate(boss)
+    bad = api.post("/api/v1/projects/", {"name": "d1", "task_ordering": "disagreement", "overlap_k": 3}, format="json")
+    assert bad.status_code == 400 and "overlap k max above overlap k" in bad.json()["overlap_k_max"][0]
+    bad = api.post("/api/v1/projects/", {"name": "d2", "overlap_k": 3, "overlap_k_max": 2}, format="json")
+    assert bad.status_code == 400 and "at least overlap k (3)" in bad.json()["overlap_k_max"][0]
+    bad = api.post("/api/v1/projects/", {"name": "d3", "disagreement_target": 0.3}, format="json")
+    assert bad.status_code == 400 and "disagreement_target" in bad.json()
+    good = api.post("/api/v1/projects/", {"name": "d4", "task_ordering": "disagreement", "overlap_k": 3, "overlap_k_max": 5}, format="json")
+    assert good.status_code == 201 and good.json()["overlap_k_max"] == 5 and good.json()["disagreement_target"] == 0.75
+    lowered = api.patch(f"/api/v1/projects/{good.json()['id']}/", {"overlap_k_max": 3}, format="json")
+    assert lowered.status_code == 400  # the stored ordering is still 'disagreement'
+    assert Project.objects.get(name="d4").overlap_k_max == 5

@@ -16,7 +16,7 @@ import math
 from django.db.models import Exists, OuterRef
 
 from labeling.models import ComparisonTask, Judgement, JudgementSource, Project, Response, TaskResponse, TaskStatus
-from labeling.ordering import balance_scores, store_order_scores
+from labeling.ordering import balance_scores, disagreement_sweep, store_order_scores
 
 from .models import ModelVersion, ReplyScore, VersionKind, VersionStatus
 
@@ -71,10 +71,14 @@ def update_order_scores(project: Project, *, limit: int = MAX_REPLIES_PER_CALL, 
     """The order scores of the project's open tasks for its task_ordering (tasks changed):
     uncertainty: score the open tasks' replies with the active reward model (up to `limit`
     new ones per call) and store each task's uncertainty; balanced: how little its reply
-    sources were compared (labeling.ordering); fifo: clear them. next-task reads the score
+    sources were compared (labeling.ordering); disagreement: reopen completed tasks whose
+    judgements disagree (room permitting) and put the tasks waiting for an extra
+    judgement first (labeling.ordering.disagreement_sweep); fifo: clear them. next-task reads the score
     from the task row (task_next_idx), so serving a task costs what it did."""
     if project.task_ordering == "balanced":
         return store_order_scores(project, balance_scores(project))
+    if project.task_ordering == "disagreement":
+        return disagreement_sweep(project)
     if project.task_ordering != "uncertainty":
         return ComparisonTask.objects.filter(project=project, order_score__gt=0).update(order_score=0)
     version = _active_reward(project)

@@ -8,7 +8,7 @@ from rest_framework import serializers
 from ..exporting import AGGREGATES
 from ..exporting import FORMATS as EXPORT_FORMATS
 from ..importing.formats import FORMATS as IMPORT_FORMATS
-from ..models import FLAG_CHOICES, Choice, ComparisonTask, Judgement, Project, TaskStatus
+from ..models import FLAG_CHOICES, Choice, ComparisonTask, Judgement, Project, TaskStatus, overlap_problems
 from ..services import is_labeling_admin
 
 
@@ -36,7 +36,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         model = Project
         fields = [
             "id", "name", "guidelines", "overlap_k", "lease_seconds", "gold_rate", "max_responses", "is_active", "created_at",
-            "description", "revision_hours", "open_to_all", "annotators", "task_ordering",
+            "description", "revision_hours", "open_to_all", "annotators", "task_ordering", "overlap_k_max", "disagreement_target",
         ]
         extra_kwargs = {"revision_hours": {"allow_null": False}, "task_ordering": {"allow_blank": False}}
         read_only_fields = ["id", "created_at"]
@@ -45,6 +45,18 @@ class ProjectSerializer(serializers.ModelSerializer):
     def _shows_annotators(self) -> bool:  # once per list, not once per project
         request = self.context.get("request")
         return request is None or is_labeling_admin(request.user)
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        current = self.instance
+
+        def value(name):
+            return attrs[name] if name in attrs else getattr(current, name, None) if current else Project._meta.get_field(name).default
+
+        problems = overlap_problems(value("overlap_k"), value("overlap_k_max"), value("task_ordering"))
+        if problems:
+            raise serializers.ValidationError(problems)
+        return attrs
 
     def to_representation(self, instance):
         data = super().to_representation(instance)

@@ -85,7 +85,7 @@ class ProjectForm(forms.ModelForm):
         model = Project
         fields = [
             "name", "description", "open_to_all", "guidelines", "overlap_k", "gold_rate", "lease_seconds", "max_responses", "revision_hours",
-            "task_ordering",
+            "task_ordering", "overlap_k_max", "disagreement_target",
         ]
         widgets = {
             "guidelines": forms.Textarea(attrs={"rows": 12, "class": "markdown-source"}),
@@ -99,6 +99,8 @@ class ProjectForm(forms.ModelForm):
             "revision_hours": "Revision window (hours)",
             "open_to_all": "Open to every annotator",
             "task_ordering": "Task order",
+            "overlap_k_max": "Most judgements per task while annotators disagree (overlap k max)",
+            "disagreement_target": "Agreement that settles a task (share of the most common verdict)",
         }
         help_texts = {"open_to_all": "Otherwise only the annotators assigned to it (People pages) see it."}
 
