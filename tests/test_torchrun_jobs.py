@@ -31,6 +31,27 @@ def test_ppo_stage_under_torchrun_is_evaluated_in_the_worker(db, models_on_disk,
     assert run.metrics["eval_prompts"] == 32 and "held-out prompts" in ModelVersion.objects.get(produced_by=run).promotion_note
 
 
+def test_dpo_and_grpo_stages_under_torchrun(db, models_on_disk, settings):
+    """#11: the new policy algorithms run as torchrun subprocesses like PPO; evaluation stays in the worker."""
+    from training import services
+
+    from .test_policy_algorithms import TINY_DPO, TINY_RL
+
+    project = labelled_project()
+    rules = services.training_settings_for(project)
+    rules.sampling_config = {"max_new_tokens": 8}
+    rules.save()
+    dpo = run_now(project, "dpo", {"processes": 2, "dpo": TINY_DPO})
+    assert dpo.status == RunStatus.SUCCEEDED, dpo.error
+    assert "dpo: torchrun with 2 processes" in dpo.log_tail and [p["step"] for p in dpo.metric_series] == list(range(1, 7))
+    assert dpo.metrics["dpo_val_pairs"] > 0 and dpo.metrics["kl_prompts"] == 32
+    run_now(project, "reward")
+    grpo = run_now(project, "grpo", {"processes": 2, "grpo": TINY_RL})
+    assert grpo.status == RunStatus.SUCCEEDED, grpo.error
+    assert "grpo: torchrun with 2 processes" in grpo.log_tail and [p["step"] for p in grpo.metric_series] == [1, 2, 3]
+    assert grpo.metrics["eval_prompts"] == 32 and grpo.metrics["algorithm"] == "grpo"
+
+
 def test_cancel_reaches_every_rank(db, models_on_disk, settings, monkeypatch):
     settings.TRAINING_PROCESSES = 2
     project = labelled_project()

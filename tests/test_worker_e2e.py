@@ -6,7 +6,9 @@
    the API; the worker trains the reward model, runs PPO and puts the new policy's
    replies into the queue against the old policy's; the annotators then prefer the new
    policy's replies more often than chance, and the rule holds more often in its samples
-   (one-sided binomial and two-proportion tests, fixed seeds).
+   (one-sided binomial and two-proportion tests, fixed seeds). The same with the
+   project's policy algorithm set to DPO (no reward model: the policy learns from the
+   judgements) and to GRPO (reward model, no value model) instead of PPO.
 2. A worker killed with SIGKILL mid-run: the reaper marks the run failed, no version
    becomes active, and the next run on a fresh worker succeeds.
 """
@@ -44,6 +46,10 @@ SMALL_DATA = 20
 LOOP_PPO = {"steps": 25, "rollout_batch_size": 32, "minibatch_size": 16, "ppo_epochs": 4, "lr": 1e-3, "value_lr": 1e-3,
             "max_new_tokens": 6, "temperature": 1.0, "kl_coef": 0.05, "missing_eos_penalty": None}
 SAMPLING = {"temperature": 1.0, "max_new_tokens": 6}
+# the same loop with the other policy algorithms of a cycle (#11): DPO (no reward model) and GRPO (no value model)
+LOOP_DPO = {"lr": 3e-3, "epochs": 8, "batch_size": 8, "beta": 0.5, "max_reply_tokens": 8}
+LOOP_GRPO = {"steps": 25, "prompts_per_step": 16, "num_samples": 4, "minibatch_size": 32, "epochs": 2, "lr": 1e-3,
+             "max_new_tokens": 6, "temperature": 1.0, "beta": 0.05, "missing_eos_penalty": None}
 
 
 def use_broker(app, url: str) -> None:
@@ -138,7 +144,8 @@ def two_proportion_p(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
-def test_closed_loop_improves_the_policy_on_the_hidden_rule(loop_env, admin_user):
+@pytest.mark.parametrize("algorithm", ["ppo", "dpo", "grpo"])
+def test_closed_loop_improves_the_policy_on_the_hidden_rule(loop_env, admin_user, algorithm):
     worker = loop_env["start_worker"]()
     policy, tokenizer = load_policy(loop_env["policy_dir"])
     rng = random.Random(11)
@@ -159,6 +166,7 @@ def test_closed_loop_improves_the_policy_on_the_hidden_rule(loop_env, admin_user
     project = Project.objects.get(pk=project_id)
     rules = services.training_settings_for(project)
     rules.ppo_config, rules.sampling_config, rules.generate_prompts = LOOP_PPO, SAMPLING, 60
+    rules.policy_algorithm, rules.dpo_config, rules.online_rl_config = algorithm, LOOP_DPO, LOOP_GRPO
     rules.reward_config = {"lr": 1e-3, "epochs": 5, "batch_size": 8}
     rules.reward_min_judgements = SMALL_DATA  # the other gates still apply
     rules.save()
@@ -170,8 +178,14 @@ def test_closed_loop_improves_the_policy_on_the_hidden_rule(loop_env, admin_user
     assert started.status_code == 202, started.content
     cycle = wait_for(started.json()["id"], {RunStatus.SUCCEEDED, RunStatus.FAILED}, timeout=600, worker=worker)
     assert cycle.status == RunStatus.SUCCEEDED, cycle.error + worker.log()
-    new_policy = ModelVersion.objects.get(project=project, kind="policy", status="active")
-    assert ModelVersion.objects.get(project=project, kind="reward", status="active").metrics["val_accuracy"] > 0.8
+    new_policy = ModelVersion.objects.filter(project=project, kind="policy", status="active").first()
+    assert new_policy is not None, cycle.log_tail
+    assert new_policy.produced_by.kind == algorithm
+    if algorithm == "dpo":  # no reward model in the loop
+        assert not ModelVersion.objects.filter(project=project, kind="reward").exists()
+        assert new_policy.metrics["dpo_val_accuracy"] > 0.8
+    else:
+        assert ModelVersion.objects.get(project=project, kind="reward", status="active").metrics["val_accuracy"] > 0.8
     assert cycle.metrics["generate"]["tasks_created"] >= 40
 
     second_round = judge_queue(project, annotators)

@@ -38,7 +38,10 @@ from .ml.data import Judgement
 from .ml.hooks import TrainingCancelled
 
 CANCELLED_EXIT_CODE = 3  # cli.py's exit code when every rank stopped on request
-INPUT_FLAGS = {"reward": {"data": "--data"}, "sft": {"data": "--data"}, "ppo": {"prompts": "--prompts"}}
+INPUT_FLAGS = {
+    "reward": {"data": "--data"}, "sft": {"data": "--data"}, "dpo": {"data": "--data"},
+    "ppo": {"prompts": "--prompts"}, "rloo": {"prompts": "--prompts"}, "grpo": {"prompts": "--prompts"},
+}
 LOG_TAIL_CHARS = 6000
 
 

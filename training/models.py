@@ -54,6 +54,9 @@ class ModelVersion(models.Model):
 class RunKind(models.TextChoices):
     REWARD = "reward", "train reward model"
     PPO = "ppo", "PPO"
+    DPO = "dpo", "DPO"
+    RLOO = "rloo", "RLOO"
+    GRPO = "grpo", "GRPO"
     SFT = "sft", "SFT"
     GENERATE = "generate", "generate candidates"
     CYCLE = "cycle", "full cycle"
@@ -106,6 +109,15 @@ class TrainingRun(models.Model):
         return f"{self.kind} run {self.pk} ({self.status})"
 
 
+class PolicyAlgorithm(models.TextChoices):
+    """How a cycle trains the policy on the project's judgements."""
+
+    PPO = "ppo", "PPO against the reward model (reward model, value model)"
+    DPO = "dpo", "DPO on the judgements directly (no reward model in the loop)"
+    RLOO = "rloo", "RLOO against the reward model (no value model)"
+    GRPO = "grpo", "GRPO against the reward model (no value model)"
+
+
 class ProjectTrainingSettings(models.Model):
     """Per project: when to retrain on its own, and how many fresh replies to generate."""
 
@@ -118,6 +130,12 @@ class ProjectTrainingSettings(models.Model):
     generate_replies_per_prompt = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
     reward_config = models.JSONField(default=dict, blank=True, help_text="RewardTrainingConfig overrides")
     ppo_config = models.JSONField(default=dict, blank=True, help_text="PPOConfig overrides")
+    policy_algorithm = models.CharField(
+        max_length=10, choices=PolicyAlgorithm.choices, default=PolicyAlgorithm.PPO,
+        help_text="what a cycle runs after (or, for DPO, instead of) the reward model",
+    )
+    dpo_config = models.JSONField(default=dict, blank=True, help_text="DPOConfig overrides")
+    online_rl_config = models.JSONField(default=dict, blank=True, help_text="OnlineRLConfig overrides (RLOO and GRPO)")
     sampling_config = models.JSONField(default=dict, blank=True, help_text="SamplingConfig overrides")
     reward_min_accuracy = models.FloatField(
         default=0.5, help_text="never promote a reward model whose validation accuracy is below this (0.5 = chance)"

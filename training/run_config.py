@@ -2,7 +2,8 @@
 
 The web process refuses a bad config when the run is asked for (HTTP 400 naming the key),
 not later in the worker. The settings are the fields of the trainers' config dataclasses
-(RewardTrainingConfig, PPOConfig, SFTConfig, SamplingConfig, AdapterConfig); they are read
+(RewardTrainingConfig, PPOConfig, DPOConfig, OnlineRLConfig for RLOO and GRPO, SFTConfig,
+SamplingConfig, AdapterConfig); they are read
 from the source of training/ml with `ast`, so this module follows every change to them
 and the web process never imports torch.
 """
@@ -18,6 +19,9 @@ ML = Path(__file__).resolve().parent / "ml"
 STAGE_CLASSES = {
     "reward": ("reward.py", "RewardTrainingConfig"),
     "ppo": ("ppo.py", "PPOConfig"),
+    "dpo": ("dpo.py", "DPOConfig"),
+    "rloo": ("rloo.py", "OnlineRLConfig"),
+    "grpo": ("rloo.py", "OnlineRLConfig"),
     "sft": ("sft.py", "SFTConfig"),
     "sampling": ("generation.py", "SamplingConfig"),
     "adapters": ("adapters.py", "AdapterConfig"),
@@ -105,6 +109,9 @@ def config_problems(config: dict) -> list[tuple[str, str]]:
                 continue
             fields = stage_fields(key)
             for name, item in value.items():
+                if key in ("rloo", "grpo") and name == "algorithm":
+                    problems.append((f"{key}.algorithm", f"set by the run kind: a {key} run runs {key.upper()}"))
+                    continue
                 if name not in fields:
                     problems.append((f"{key}.{name}", f"unknown setting; {key} takes {', '.join(sorted(fields))}"))
                     continue

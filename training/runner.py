@@ -47,12 +47,14 @@ from .ml.adapters import AdapterConfig, has_adapters, prepare_model
 from .ml.checkpoint import load_policy, save_policy
 from .ml.data import build_examples, split_by_prompt
 from .ml.device import describe, free_memory, prepare, resolve_device
-from .ml.evaluation import compare_policies
+from .ml.dpo import DPOConfig, DPOTrainer
+from .ml.evaluation import compare_policies, sampled_kl
 from .ml.generation import SamplingConfig, generate
 from .ml.hooks import TrainerHooks, TrainingCancelled
 from .ml.ppo import PPOConfig, PPOTrainer, ValueModel, ppo_defaults_for
-from .ml.reward import RewardTrainingConfig, evaluate, tokenize_examples, train_reward_model
+from .ml.reward import PRETRAINED_WEIGHT_SCALE, RewardTrainingConfig, backbone_weight_scale, evaluate, tokenize_examples, train_reward_model
 from .ml.reward_model import RewardModel, RewardScorer
+from .ml.rloo import OnlineRLConfig, OnlineRLTrainer, online_rl_defaults_for
 from .ml.sft import SFTConfig, train_sft
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ SERIES_KEYS = {
     "reward": ("loss", "lr", "val_accuracy"),
     "ppo": ("reward_mean", "kl", "kl_k3", "entropy", "clipfrac", "approx_kl", "value_loss", "explained_variance", "response_length"),
     "sft": ("loss", "lr"),
+    "dpo": ("loss", "rewards/accuracy", "rewards/margin", "kl", "lr"),
+    "rloo": ("reward_mean", "kl", "kl_k3", "entropy", "clipfrac", "approx_kl", "response_length"),
+    "grpo": ("reward_mean", "kl", "kl_k3", "entropy", "clipfrac", "approx_kl", "response_length"),
 }
 MAX_SERIES = 2000
 WRITE_EVERY_SECONDS = 0.5  # progress, heartbeat and the cancel flag
@@ -261,10 +266,14 @@ def split_eval_prompts(prompts: list[list[dict]], wanted: int) -> tuple[list[lis
     return [m for i, m in enumerate(prompts) if i not in held], [prompts[i] for i in sorted(held, key=digests.__getitem__)]
 
 
-def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
+def _rl_against_reward(run: TrainingRun, reporter: RunReporter, algorithm: str, config, train_in_worker) -> dict:
+    """PPO, RLOO or GRPO against the active reward model: the shared frame of the three
+    stages (prompts with a held-out share, the torchrun subprocess or the worker itself,
+    the head-to-head on the held-out prompts, the gate). `train_in_worker(policy,
+    reference, tokenizer, scorer, prompts)` trains the policy in place and returns its
+    history; reference is None with LoRA (the policy with its adapters off)."""
     rules = services.training_settings_for(run.project)
     device, processes, adapters = worker_device(), processes_for(run), adapters_for(run)
-    config = _merged(PPOConfig, ppo_defaults_for(device), rules.ppo_config, run.config.get("ppo"))
     reward_version = services.active_version(run.project, VersionKind.REWARD)
     if reward_version is None:
         raise TrainingFailed("no active reward model: train one first")
@@ -273,13 +282,13 @@ def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
     if not train_prompts:
         raise TrainingFailed("the project has no prompts")
     reporter.log(
-        f"PPO from {start_version or 'the default policy'} against reward v{reward_version.number} on {describe(device)}, "
+        f"{algorithm.upper()} from {start_version or 'the default policy'} against reward v{reward_version.number} on {describe(device)}, "
         f"{processes} process(es): {len(train_prompts)} training prompts, {len(eval_prompts)} held out, {config.steps} steps"
     )
     path = artifact_dir(run, "policy")
     if processes > 1:
         result = launcher.run_engine(
-            run, reporter, "ppo", processes, device,
+            run, reporter, algorithm, processes, device,
             inputs={"prompts": [json.dumps({"messages": m}) for m in train_prompts]},
             args=["--policy", str(start_path), "--reward-model", reward_version.artifact_path, "--out", str(path), "--adapters", json.dumps(adapters.to_dict())],
             config=config,
@@ -293,23 +302,52 @@ def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
         policy = prepare_model(policy, adapters, task="causal")
         # the run's starting policy, frozen: with LoRA the policy itself with its adapters off
         reference = None if adapters.lora else load_policy(start_path)[0]
-        value_model = ValueModel.from_policy_folder(start_path)
-        value_model.backbone = prepare_model(value_model.backbone, adapters, task="feature")
-        for model in (policy, reference, value_model):
+        for model in (policy, reference):
             if model is not None:
                 model.to(device)
         scorer = RewardScorer(*_on(device, RewardModel.from_pretrained(reward_version.artifact_path)))
-        trainer = PPOTrainer(policy, reference, value_model, tokenizer, scorer, train_prompts, config, hooks=reporter.hooks())
-        trainer.train()
-        history = trainer.history
+        history = train_in_worker(policy, reference, tokenizer, scorer, train_prompts)
         save_policy(policy, tokenizer, path, mode=adapters.save)
-        del trainer, value_model, reference, scorer
+        del reference, scorer
         free_memory()
     metrics = {key: _mean_of_last(history, key) for key in ("reward_mean", "kl", "kl_k3", "entropy", "response_length")}
-    metrics.update({"steps": len(history), "start_reward_mean": history[0]["reward_mean"], "reward_version": reward_version.number})
-    metrics.update(_head_to_head(policy, tokenizer, start_path, reward_version, eval_prompts, config, device, reporter))
+    metrics.update({"algorithm": algorithm, "steps": len(history), "start_reward_mean": history[0]["reward_mean"], "reward_version": reward_version.number})
+    sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, max_prompt_tokens=config.max_prompt_tokens)
+    metrics.update(_head_to_head(policy, tokenizer, start_path, reward_version, eval_prompts, sampling, config.seed, reporter))
     version = _register(run, VersionKind.POLICY, path, metrics, start_version, reporter)
     return {**metrics, "version": version.number, "promoted": version.status == "active", "promotion_note": version.promotion_note}
+
+
+def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
+    rules = services.training_settings_for(run.project)
+    config = _merged(PPOConfig, ppo_defaults_for(worker_device()), rules.ppo_config, run.config.get("ppo"))
+    adapters = adapters_for(run)
+
+    def train(policy, reference, tokenizer, scorer, prompts):
+        start_path, _ = _starting_policy(run.project)
+        value_model = ValueModel.from_policy_folder(start_path)
+        value_model.backbone = prepare_model(value_model.backbone, adapters, task="feature")
+        value_model.to(worker_device())
+        trainer = PPOTrainer(policy, reference, value_model, tokenizer, scorer, prompts, config, hooks=reporter.hooks())
+        trainer.train()
+        return trainer.history
+
+    return _rl_against_reward(run, reporter, "ppo", config, train)
+
+
+def stage_online_rl(run: TrainingRun, reporter: RunReporter) -> dict:
+    """RLOO or GRPO (the run's kind) against the active reward model: as PPO, without a
+    value model (training/ml/rloo.py); the same held-out head-to-head and KL gate."""
+    algorithm = run.kind
+    rules = services.training_settings_for(run.project)
+    config = _merged(OnlineRLConfig, online_rl_defaults_for(worker_device()), rules.online_rl_config, run.config.get(algorithm), {"algorithm": algorithm})
+
+    def train(policy, reference, tokenizer, scorer, prompts):
+        trainer = OnlineRLTrainer(policy, reference, tokenizer, scorer, prompts, config, hooks=reporter.hooks())
+        trainer.train()
+        return trainer.history
+
+    return _rl_against_reward(run, reporter, algorithm, config, train)
 
 
 def _on(device, loaded: tuple):
@@ -317,18 +355,18 @@ def _on(device, loaded: tuple):
     return model.to(device), tokenizer
 
 
-def _head_to_head(policy, tokenizer, reference_path: Path, reward_version: ModelVersion, prompts, config: PPOConfig, device, reporter) -> dict:
+def _head_to_head(policy, tokenizer, reference_path: Path, reward_version: ModelVersion, prompts, sampling: SamplingConfig, seed: int, reporter) -> dict:
     """The new policy against its reference on held-out prompts, judged by the reward model."""
     if not prompts:
         return {}
+    device = worker_device()
     reporter.log(f"comparing the new policy with its reference on {len(prompts)} held-out prompts")
     reference = None  # with LoRA: the policy with its adapters off
     if not has_adapters(policy):
         reference, _ = load_policy(reference_path)
         reference.to(device)
     scorer = RewardScorer(*_on(device, RewardModel.from_pretrained(reward_version.artifact_path)))
-    sampling = SamplingConfig(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, max_prompt_tokens=config.max_prompt_tokens)
-    result = compare_policies(policy, reference, tokenizer, scorer, prompts, sampling, seed=config.seed)
+    result = compare_policies(policy, reference, tokenizer, scorer, prompts, sampling, seed=seed)
     reporter.log(
         f"held-out: new policy preferred {result['wins']} times, reference {result['losses']} times "
         f"(mean reward {result['reward_candidate']:+.3f} vs {result['reward_reference']:+.3f}, sign test p = {result['p_value']:.3g})"
@@ -340,6 +378,84 @@ def _mean_of_last(history: list[dict], key: str, n: int = 3) -> float | None:
     """The final value of a noisy per-step metric: the mean over the last n steps."""
     values = [h[key] for h in history[-n:] if h.get(key) is not None]
     return sum(values) / len(values) if values else None
+
+
+def dpo_defaults(device, policy, n_train: int) -> dict:
+    """DPOConfig values from the policy and the data, before the project's and the run's
+    overrides: TRL's (and the paper's) learning rate 1e-6 for a pretrained policy, 1e-4 for
+    one still at its initial weight scale (our default policy, trained from scratch on
+    little text: at 1e-6 it does not move); 3 epochs under 2,000 judgements, 1 above; a
+    batch of 8 judgements on a CPU, 32 on a GPU."""
+    pretrained = backbone_weight_scale(policy) >= PRETRAINED_WEIGHT_SCALE
+    return {"lr": 1e-6 if pretrained else 1e-4, "epochs": 3 if n_train < 2000 else 1, "batch_size": 32 if device.type == "cuda" else 8}
+
+
+def stage_dpo(run: TrainingRun, reporter: RunReporter) -> dict:
+    """DPO on the project's judgements (training/ml/dpo.py): no reward model in the loop.
+    Held out by prompt, as for the reward model: the new policy is promoted when its
+    implicit reward ranks people's held-out pairs better than a coin (binomial test) and
+    its KL to the starting policy, measured on its own samples for the evaluation prompts, is
+    within the bound (services.promotion_decision)."""
+    rules = services.training_settings_for(run.project)
+    device, processes, adapters = worker_device(), processes_for(run), adapters_for(run)
+    start_path, start_version = _starting_policy(run.project)
+    overrides = {**(rules.dpo_config or {}), **(run.config.get("dpo") or {})}
+    TrainingRun.objects.filter(pk=run.pk).update(judgements_at_start=services.human_judgement_count(run.project))
+    quality = JudgementFilter.from_options(run.config.get("filter"))
+    judgements = selectors.training_judgements(run.project, quality=quality)
+    if quality.active:
+        reporter.log(f"quality filter: {quality.describe()} ({len(judgements)} judgements left)")
+    val_fraction = float(run.config.get("val_fraction", 0.2))
+    examples = [e for e in build_examples(judgements, use_margin=bool(overrides.get("use_margin")), include_ties=False) if e.pairs]
+    train, val = split_by_prompt(examples, val_fraction, seed=int(overrides.get("seed", 0)))
+    policy, tokenizer = load_policy(start_path)
+    config = _merged(DPOConfig, dpo_defaults(device, policy, len(train)), overrides)
+    if len(train) < 2:
+        raise TrainingFailed(f"only {len(examples)} judgements with a winner: DPO needs preference pairs (ties and both-bad carry none)")
+    reporter.log(
+        f"DPO from {start_version or 'the default policy'} on {describe(device)}, {processes} process(es): "
+        f"{len(train)} training and {len(val)} held-out judgements, beta {config.beta}, {config.loss_type} loss"
+    )
+    path = artifact_dir(run, "policy")
+    if processes > 1:
+        metrics = launcher.run_engine(
+            run, reporter, "dpo", processes, device,
+            inputs={"data": launcher.raw_export_lines(judgements)},
+            args=["--policy", str(start_path), "--val-fraction", str(val_fraction), "--out", str(path), "--adapters", json.dumps(adapters.to_dict())],
+            config=config,
+        )
+        history = metrics.pop("history", [])
+        policy, tokenizer = load_policy(path)
+        policy.to(device)
+    else:
+        torch.manual_seed(config.seed)
+        policy = prepare_model(policy, adapters, task="causal")
+        policy.to(device)
+        # the reference is the starting policy: its log-probs are computed once before the first update
+        trainer = DPOTrainer(policy, tokenizer, train, config, eval_examples=val, hooks=reporter.hooks())
+        metrics = trainer.train()
+        history = trainer.history
+        save_policy(policy, tokenizer, path, mode=adapters.save)
+        del trainer
+        free_memory()
+    summary = {
+        "algorithm": "dpo", "steps": len(history), "train_judgements": len(train),
+        "dpo_val_accuracy": metrics.get("val_accuracy"), "dpo_val_pairs": metrics.get("val_pairs") or 0,
+        "dpo_val_margin": metrics.get("val_margin"), "train_accuracy": _mean_of_last(history, "rewards/accuracy"),
+        "train_loss": _mean_of_last(history, "loss"), "train_log_ratio": _mean_of_last(history, "kl"),
+    }
+    _, eval_prompts = split_eval_prompts(selectors.policy_prompts(run.project), rules.policy_eval_prompts)
+    sampling = _merged(SamplingConfig, rules.sampling_config, run.config.get("sampling"), {"n": 1})
+    if eval_prompts:
+        reference = None if has_adapters(policy) else load_policy(start_path)[0].to(device)
+        summary.update(sampled_kl(policy, reference, tokenizer, eval_prompts, sampling, seed=config.seed))
+        reporter.log(f"KL to the starting policy on its own samples for {len(eval_prompts)} evaluation prompts: {summary['kl']:.3f}")
+        del reference
+    reward_version = services.active_version(run.project, VersionKind.REWARD)
+    if reward_version is not None and eval_prompts:  # for the record: the gate reads people's held-out pairs
+        summary.update(_head_to_head(policy, tokenizer, start_path, reward_version, eval_prompts, sampling, config.seed, reporter))
+    version = _register(run, VersionKind.POLICY, path, summary, start_version, reporter)
+    return {**summary, "version": version.number, "promoted": version.status == "active", "promotion_note": version.promotion_note}
 
 
 def stage_sft(run: TrainingRun, reporter: RunReporter) -> dict:
@@ -409,21 +525,33 @@ def stage_generate(run: TrainingRun, reporter: RunReporter) -> dict:
 
 
 def stage_cycle(run: TrainingRun, reporter: RunReporter) -> dict:
-    """Reward model, then PPO, then generation; each stage is a child run with its own row.
+    """The project's policy algorithm, then generation; each stage is a child run with its own row.
 
-    The reward model is retrained only when human judgements arrived since the active one;
-    the cycle stops at the first stage that promotes nothing (no PPO against a reward model
-    that learned nothing, no new replies from a policy that did not improve).
+    PPO, RLOO, GRPO: reward model, then the policy against it, then generation. The reward
+    model is retrained only when human judgements arrived since the active one. DPO: the
+    policy learns from the judgements directly, then generation (run only when judgements
+    arrived since the active DPO policy). The cycle stops at the first stage that promotes
+    nothing (no policy trained against a reward model that learned nothing, no new replies
+    from a policy that did not improve).
     """
+    rules = services.training_settings_for(run.project)
+    algorithm = rules.policy_algorithm
     results = {}
-    plan = [(RunKind.REWARD, 0.3), (RunKind.PPO, 0.6), (RunKind.GENERATE, 0.1)]
+    if algorithm == "dpo":
+        plan = [(RunKind.DPO, 0.9), (RunKind.GENERATE, 0.1)]
+    else:
+        plan = [(RunKind.REWARD, 0.3), (RunKind(algorithm), 0.6), (RunKind.GENERATE, 0.1)]
+    reporter.log(f"cycle: {' -> '.join(kind for kind, _ in plan)}")
     offset = 0.0
-    new_judgements = services.new_judgements_since_active_reward(run.project)
+    new_judgements = services.new_judgements_since_trained(run.project)
     for kind, weight in plan:
-        if kind == RunKind.REWARD and new_judgements == 0:
-            reporter.log("no new human judgements since the active reward model: it is kept, not retrained")
-            results[kind] = {"skipped": "no new human judgements since the active reward model"}
+        if kind in (RunKind.REWARD, RunKind.DPO) and new_judgements == 0:
+            what = "reward model" if kind == RunKind.REWARD else "DPO policy"
+            reporter.log(f"no new human judgements since the active {what}: it is kept, not retrained")
+            results[kind] = {"skipped": f"no new human judgements since the active {what}"}
             offset += weight
+            if kind == RunKind.DPO:
+                break  # the active policy generated its replies already
             continue
         child = TrainingRun.objects.create(project=run.project, kind=kind, parent=run, config=run.config, requested_by=run.requested_by)
         child_reporter = RunReporter(child, weight=weight, offset=offset, parent=reporter)
@@ -431,9 +559,9 @@ def stage_cycle(run: TrainingRun, reporter: RunReporter) -> dict:
         results[kind] = result
         offset += weight
         if kind == RunKind.REWARD and not result.get("promoted"):
-            reporter.log(f"the new reward model was not promoted ({result.get('promotion_note')}): the cycle stops before PPO")
+            reporter.log(f"the new reward model was not promoted ({result.get('promotion_note')}): the cycle stops before {algorithm.upper()}")
             break
-        if kind == RunKind.PPO and not result.get("promoted"):
+        if kind not in (RunKind.REWARD, RunKind.GENERATE) and not result.get("promoted"):
             reporter.log(f"the new policy was not promoted ({result.get('promotion_note')}): no new replies generated")
             break
     return results
@@ -442,6 +570,9 @@ def stage_cycle(run: TrainingRun, reporter: RunReporter) -> dict:
 STAGES = {
     RunKind.REWARD: stage_reward,
     RunKind.PPO: stage_ppo,
+    RunKind.DPO: stage_dpo,
+    RunKind.RLOO: stage_online_rl,
+    RunKind.GRPO: stage_online_rl,
     RunKind.SFT: stage_sft,
     RunKind.GENERATE: stage_generate,
     RunKind.CYCLE: stage_cycle,

@@ -108,6 +108,9 @@ def duration_seconds(run: TrainingRun, now=None) -> float | None:
 STAGE_KEY_METRICS = {
     RunKind.REWARD: ("val_accuracy", "val_pairs", "version", "promoted"),
     RunKind.PPO: ("reward_gain", "kl", "version", "promoted"),
+    RunKind.RLOO: ("reward_gain", "kl", "version", "promoted"),
+    RunKind.GRPO: ("reward_gain", "kl", "version", "promoted"),
+    RunKind.DPO: ("dpo_val_accuracy", "kl", "version", "promoted"),
     RunKind.GENERATE: ("tasks_created",),
     RunKind.SFT: ("train_loss", "version", "promoted"),
 }

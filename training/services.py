@@ -257,7 +257,13 @@ def promotion_decision(*, kind: str, metrics: dict, project: Project) -> tuple[b
 
     A policy is promoted when it beats its reference on held-out prompts under the reward
     model (sign test, p < `significance_level`, and a positive mean reward gain) and its
-    final KL to the reference is at most `ppo_max_kl`.
+    final KL to the reference is at most `ppo_max_kl` (PPO, RLOO, GRPO).
+
+    A DPO policy (no reward model in its loop) is promoted when its implicit reward ranks
+    people's held-out pairs right more often than a coin (one-sided binomial test, p <
+    `significance_level`; its reference ranks every pair as a tie, so this is also "it
+    beats what it replaces" on people's preferences) and its KL to the reference, measured
+    on its own samples for the evaluation prompts, is at most `ppo_max_kl`.
     """
     rules = training_settings_for(project)
     alpha = rules.significance_level
@@ -285,6 +291,21 @@ def promotion_decision(*, kind: str, metrics: dict, project: Project) -> tuple[b
             )
         against = f"; the active model scores {active_accuracy:.1%} on the same pairs" if active_accuracy is not None else ""
         return True, f"{correct} of {pairs} held-out pairs right ({accuracy:.1%}, binomial p = {p_value:.2g}){against}"
+    if kind == "policy" and metrics.get("algorithm") == "dpo":
+        kl = metrics.get("kl")
+        accuracy, pairs = metrics.get("dpo_val_accuracy"), metrics.get("dpo_val_pairs") or 0
+        if accuracy is None or not pairs:
+            return False, "no held-out judgements to test it on (too few judgements to hold some out)"
+        correct = round(accuracy * pairs)
+        p_value = binomial_p_value(correct, pairs)
+        if p_value >= alpha:
+            return False, (
+                f"its implicit reward ranked {correct} of {pairs} held-out pairs as people did ({accuracy:.1%}); a coin does that often "
+                f"(binomial p = {p_value:.3g}, needs < {alpha}), so it has not shown that it learned people's preferences"
+            )
+        if kl is None or kl > rules.ppo_max_kl:
+            return False, f"its KL to the reference on its own samples, {kl if kl is None else round(kl, 3)}, is above the bound {rules.ppo_max_kl}"
+        return True, f"{correct} of {pairs} held-out pairs ranked as people did ({accuracy:.1%}, binomial p = {p_value:.2g}); KL {kl:.3f} within {rules.ppo_max_kl}"
     if kind == "policy":
         kl = metrics.get("kl")
         if kl is None or kl > rules.ppo_max_kl:
@@ -311,6 +332,18 @@ def new_judgements_since_active_reward(project: Project) -> int | None:
     return human_judgement_count(project) - baseline
 
 
+def new_judgements_since_trained(project: Project) -> int | None:
+    """Human judgements that arrived after the model that learns from them read its data:
+    the active reward model, or, when the project's policy algorithm is DPO (no reward
+    model), the active policy if a DPO run made it. None: no such model yet."""
+    if training_settings_for(project).policy_algorithm != "dpo":
+        return new_judgements_since_active_reward(project)
+    current = active_version(project, "policy")
+    if current is None or current.produced_by is None or current.produced_by.kind != "dpo":
+        return None
+    return human_judgement_count(project) - current.produced_by.judgements_at_start
+
+
 # --------------------------------------------------------------------------- schedule
 
 
@@ -326,7 +359,7 @@ def start_due_cycles() -> list[TrainingRun]:
             continue
         if TrainingRun.objects.filter(project=project, status__in=ACTIVE_RUN_STATUSES, parent=None).exists():
             continue
-        since = new_judgements_since_active_reward(project)
+        since = new_judgements_since_trained(project)
         new = human_judgement_count(project) if since is None else since
         if new < rules.retrain_min_new_judgements:
             continue

@@ -130,17 +130,21 @@ class SafeJSONField(forms.JSONField):
 class TrainingSettingsForm(forms.ModelForm):
     """The project's training settings; the JSON overrides are checked as a run config is."""
 
-    STAGES = {"reward_config": "reward", "ppo_config": "ppo", "sampling_config": "sampling"}
+    STAGES = {"reward_config": "reward", "ppo_config": "ppo", "dpo_config": "dpo", "online_rl_config": "rloo", "sampling_config": "sampling"}
 
     class Meta:
         model = ProjectTrainingSettings
         fields = [
             "auto_retrain", "retrain_min_new_judgements", "generate_prompts", "generate_replies_per_prompt",
             "reward_min_judgements", "reward_min_accuracy", "reward_accuracy_margin", "significance_level",
-            "ppo_max_kl", "policy_eval_prompts", "reward_config", "ppo_config", "sampling_config",
+            "ppo_max_kl", "policy_eval_prompts", "policy_algorithm", "reward_config", "ppo_config", "dpo_config", "online_rl_config",
+            "sampling_config",
         ]
-        widgets = {name: forms.Textarea(attrs={"rows": 3, "class": "mono"}) for name in ("reward_config", "ppo_config", "sampling_config")}
-        field_classes = {name: SafeJSONField for name in ("reward_config", "ppo_config", "sampling_config")}
+        widgets = {
+            name: forms.Textarea(attrs={"rows": 3, "class": "mono"})
+            for name in ("reward_config", "ppo_config", "dpo_config", "online_rl_config", "sampling_config")
+        }
+        field_classes = {name: SafeJSONField for name in ("reward_config", "ppo_config", "dpo_config", "online_rl_config", "sampling_config")}
         labels = {
             "auto_retrain": "Retrain automatically",
             "retrain_min_new_judgements": "New judgements that start a cycle",
@@ -154,6 +158,9 @@ class TrainingSettingsForm(forms.ModelForm):
             "policy_eval_prompts": "Policy: held-out prompts",
             "reward_config": "Reward trainer overrides",
             "ppo_config": "PPO trainer overrides",
+            "dpo_config": "DPO trainer overrides",
+            "online_rl_config": "RLOO / GRPO trainer overrides",
+            "policy_algorithm": "Policy algorithm of a cycle",
             "sampling_config": "Sampling overrides",
         }
 
@@ -173,6 +180,19 @@ class TrainingSettingsForm(forms.ModelForm):
 
     def clean_ppo_config(self):
         return self._clean_stage("ppo_config")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["policy_algorithm"].required = False  # a form without it keeps PPO, the default
+
+    def clean_policy_algorithm(self):
+        return self.cleaned_data.get("policy_algorithm") or ProjectTrainingSettings._meta.get_field("policy_algorithm").default
+
+    def clean_dpo_config(self):
+        return self._clean_stage("dpo_config")
+
+    def clean_online_rl_config(self):
+        return self._clean_stage("online_rl_config")
 
     def clean_sampling_config(self):
         return self._clean_stage("sampling_config")

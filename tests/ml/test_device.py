@@ -119,3 +119,36 @@ def test_a_ppo_step_keeps_policy_reference_value_and_reward_models_on_the_gpu(ti
     metrics = trainer.train()
     assert metrics["response_length"] > 0 and metrics["kl"] is not None
     assert all(p.device.type == "cuda" for p in policy.parameters())
+
+
+@pytest.mark.gpu
+def test_dpo_runs_on_the_gpu_in_bf16(tiny_policy_dir, cuda):
+    """#11: DPO keeps the policy, its batches and the reference log-probs on the GPU."""
+    from training.ml.dpo import DPOConfig, DPOTrainer
+
+    policy, tokenizer = load_policy(tiny_policy_dir)
+    policy.to(cuda)
+    train, val = split_by_prompt(build_examples(preference_judgements(64, seed=3)), 0.25, seed=0)
+    trainer = DPOTrainer(policy, tokenizer, train, DPOConfig(steps=3, batch_size=8, lr=1e-4), eval_examples=val)
+    assert trainer.bf16
+    metrics = trainer.train()
+    assert metrics["val_pairs"] > 0 and all(p.device.type == "cuda" and p.dtype == torch.float32 for p in policy.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_rloo_and_grpo_steps_keep_policy_reference_and_reward_models_on_the_gpu(tiny_policy_dir, cuda, algorithm):
+    from training.ml.rloo import OnlineRLConfig, OnlineRLTrainer
+
+    policy, tokenizer = load_policy(tiny_policy_dir)
+    reference, _ = load_policy(tiny_policy_dir)
+    reward_model, reward_tokenizer = RewardModel.from_backbone(tiny_policy_dir)
+    for model in (policy, reference, reward_model):
+        model.to(cuda)
+    prompts = [[{"role": "user", "content": text}] for text in corpus(2, 16)]
+    config = OnlineRLConfig(algorithm=algorithm, steps=2, prompts_per_step=4, num_samples=2, minibatch_size=4, max_new_tokens=8, lr=1e-4)
+    trainer = OnlineRLTrainer(policy, reference, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config)
+    assert trainer.bf16
+    metrics = trainer.train()
+    assert metrics["response_length"] > 0 and metrics["kl"] is not None
+    assert all(p.device.type == "cuda" for p in policy.parameters())

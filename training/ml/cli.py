@@ -4,10 +4,12 @@
     torchrun --nproc_per_node=2 -m training.ml.cli reward --data raw.jsonl --backbone DIR --out DIR
     python -m training.ml.cli sft --data demos.jsonl --policy DIR --out DIR
     python -m training.ml.cli ppo --policy DIR --reward-model DIR --prompts prompts.jsonl --out DIR
+    python -m training.ml.cli dpo --data raw.jsonl --policy DIR --out DIR
+    python -m training.ml.cli grpo --policy DIR --reward-model DIR --prompts prompts.jsonl --out DIR   (or rloo)
     python -m training.ml.cli generate --policy DIR --prompts prompts.jsonl --n 4 --out samples.jsonl
 
-Data files are JSON Lines: `reward` reads the labeling app's raw export; `sft` reads
-{"messages": [...], "reply": "..."}; `ppo` and `generate` read {"messages": [...]} (or
+Data files are JSON Lines: `reward` and `dpo` read the labeling app's raw export; `sft` reads
+{"messages": [...], "reply": "..."}; `ppo`, `rloo`, `grpo` and `generate` read {"messages": [...]} (or
 {"prompt": "..."}). --config takes a JSON object of the trainer's config fields. Rank 0
 writes the model folder and, with --metrics-out, the final metrics as JSON. --device
 (auto, cpu, cuda, cuda:N) places every model; under torchrun `cuda` is each rank's
@@ -140,6 +142,54 @@ def cmd_ppo(args) -> dict:
     return {**metrics, "history": trainer.history}
 
 
+def cmd_dpo(args) -> dict:
+    from .checkpoint import load_policy, save_policy
+    from .data import build_examples, judgements_from_raw_export, split_by_prompt
+    from .dpo import DPOConfig, DPOTrainer
+
+    config = _config(DPOConfig, args.config)
+    with open(args.data, encoding="utf-8") as f:
+        judgements = judgements_from_raw_export(f)
+    examples = [e for e in build_examples(judgements, use_margin=config.use_margin, include_ties=False) if e.pairs]
+    train, val = split_by_prompt(examples, args.val_fraction, seed=config.seed)
+    torch.manual_seed(config.seed)
+    policy, tokenizer = load_policy(args.policy)
+    policy = prepare_model(policy, args.adapters, task="causal").to(args.torch_device)
+    trainer = DPOTrainer(policy, tokenizer, train, config, eval_examples=val, hooks=args.hooks)
+    if args.resume:
+        trainer.load_state_dict(torch.load(args.resume, weights_only=False, map_location=args.torch_device))
+    metrics = trainer.train(checkpoint_path=args.state, checkpoint_every=args.checkpoint_every)
+    if args.out and distributed.is_main_process():
+        save_policy(policy, tokenizer, args.out, mode=args.adapters.save)
+    return {**metrics, "history": trainer.history}
+
+
+def cmd_online_rl(args) -> dict:
+    """rloo or grpo: the same trainer (rloo.py), the algorithm from the command."""
+    from .checkpoint import load_policy, save_policy
+    from .reward_model import RewardModel, RewardScorer
+    from .rloo import OnlineRLConfig, OnlineRLTrainer
+
+    values = json.loads(args.config) if args.config else {}
+    config = _config(OnlineRLConfig, json.dumps({**values, "algorithm": args.command}))
+    device, adapters = args.torch_device, args.adapters
+    policy, tokenizer = load_policy(args.policy)
+    policy = prepare_model(policy, adapters, task="causal")
+    ref_policy = None if adapters.lora else load_policy(args.policy)[0]
+    reward_model, reward_tokenizer = RewardModel.from_pretrained(args.reward_model)
+    for model in (policy, ref_policy, reward_model):
+        if model is not None:
+            model.to(device)
+    prompts = [_messages(r) for r in _read_jsonl(args.prompts)]
+    trainer = OnlineRLTrainer(policy, ref_policy, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config, hooks=args.hooks)
+    if args.resume:
+        trainer.load_state_dict(torch.load(args.resume, weights_only=False, map_location=device))
+    metrics = trainer.train(checkpoint_path=args.state, checkpoint_every=args.checkpoint_every)
+    if args.out and distributed.is_main_process():
+        save_policy(policy, tokenizer, args.out, mode=adapters.save)
+    return {**metrics, "history": trainer.history}
+
+
 def cmd_generate(args) -> dict:
     from .checkpoint import load_policy
     from .generation import SamplingConfig, best_of_n, generate
@@ -196,6 +246,25 @@ def main(argv: list[str] | None = None) -> int:
     ppo.add_argument("--checkpoint-every", type=int, default=0)
     ppo.add_argument("--resume", help="a state written by --state")
 
+    dpo = sub.add_parser("dpo", help="DPO on a raw judgement export (no reward model)")
+    dpo.add_argument("--data", required=True)
+    dpo.add_argument("--policy", required=True)
+    dpo.add_argument("--out")
+    dpo.add_argument("--val-fraction", type=float, default=0.2)
+
+    online = {}
+    for name in ("rloo", "grpo"):
+        online[name] = sub.add_parser(name, help=f"{name.upper()} against a trained reward model (no value model)")
+        online[name].add_argument("--policy", required=True)
+        online[name].add_argument("--reward-model", required=True)
+        online[name].add_argument("--prompts", required=True)
+        online[name].add_argument("--out")
+    for p in (ppo, dpo, *online.values()):
+        if p is not ppo:
+            p.add_argument("--state", help="where to write the resumable state")
+            p.add_argument("--checkpoint-every", type=int, default=0)
+            p.add_argument("--resume", help="a state written by --state")
+
     gen = sub.add_parser("generate", help="sample replies (best-of-n with --reward-model)")
     gen.add_argument("--policy", required=True)
     gen.add_argument("--prompts", required=True)
@@ -204,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--reward-model")
     gen.add_argument("--seed", type=int, default=0)
 
-    for p in (reward, sft, ppo, gen):
+    for p in (reward, sft, ppo, dpo, *online.values(), gen):
         p.add_argument("--config", help="JSON object of config fields")
         p.add_argument("--metrics-out")
         p.add_argument("--progress-file", help="rank 0 appends each step's metrics here (JSON Lines)")
@@ -225,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         parser.error(f"--adapters: {exc}")
     try:
-        metrics = {"reward": cmd_reward, "sft": cmd_sft, "ppo": cmd_ppo, "generate": cmd_generate}[args.command](args)
+        commands = {"reward": cmd_reward, "sft": cmd_sft, "ppo": cmd_ppo, "dpo": cmd_dpo, "rloo": cmd_online_rl, "grpo": cmd_online_rl, "generate": cmd_generate}
+        metrics = commands[args.command](args)
         if distributed.is_main_process():
             _write_metrics(args.metrics_out, metrics)
     except TrainingCancelled:  # every rank stopped at the same step: they can still meet

@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 
 from .adapters import adapters_disabled
-from .generation import SamplingConfig, generate
+from .device import model_device
+from .generation import SamplingConfig, forward_response, generate, pad_left, sample_responses
 from .significance import binomial_p_value
+from .text import tokenize_prompt
 
 
 @torch.no_grad()
@@ -47,3 +49,31 @@ def compare_policies(candidate, reference, tokenizer, score, prompts: list[list[
         "reward_reference": float(old_rewards.mean()) if len(prompts) else None,
         "reward_gain": float(difference.mean()) if len(prompts) else None,
     }
+
+
+@torch.no_grad()
+def sampled_kl(candidate, reference, tokenizer, prompts: list[list[dict]], sampling: SamplingConfig, *, seed: int = 0) -> dict:
+    """KL(candidate || reference) per reply, estimated on the candidate's own samples: the
+    mean over `prompts` of sum_t log p_candidate(y_t) - log p_reference(y_t) (the k1
+    estimator, unbiased), both under softmax(logits / temperature). What PPO's, RLOO's
+    and GRPO's `kl` measure during training; DPO never samples while it trains, so its run
+    measures this on held-out prompts for the promotion gate. reference=None: the
+    candidate with its LoRA adapters off."""
+    if not prompts:
+        return {"kl": None, "kl_prompts": 0}
+    device = model_device(candidate)
+    temperature = max(sampling.temperature, 1e-6)
+    torch.manual_seed(seed)
+    queries = [tokenize_prompt(tokenizer, messages, sampling.max_prompt_tokens) for messages in prompts]
+    total = 0.0
+    was_training = candidate.training
+    candidate.eval()
+    for start in range(0, len(queries), sampling.batch_size):
+        query, query_mask = pad_left(queries[start : start + sampling.batch_size], tokenizer.pad_token_id, device)
+        response, response_mask, _ = sample_responses(candidate, tokenizer, query, query_mask, sampling)
+        new, _ = forward_response(candidate, query, query_mask, response, response_mask, temperature)
+        with adapters_disabled(candidate if reference is None else reference) as model:
+            old, _ = forward_response(model, query, query_mask, response, response_mask, temperature)
+        total += float(((new.float() - old.float()) * response_mask).sum())
+    candidate.train(was_training)
+    return {"kl": total / len(queries), "kl_prompts": len(queries)}

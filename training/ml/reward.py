@@ -287,8 +287,13 @@ def weight_scale(model: RewardModel) -> float:
     like our default policy: 0.75); well above for a pretrained network, whose weights grow
     during pretraining (the MiniLM encoder: 3.1). Read from the weights, so it holds for any
     checkpoint folder whatever its config says about where it came from."""
-    init = float(getattr(model.backbone.config, "initializer_range", 0.02) or 0.02)
-    stds = [p.float().std().item() for name, p in model.backbone.named_parameters() if p.ndim == 2 and not any(key in name for key in ("emb", "wte", "wpe", "lora_"))]
+    return backbone_weight_scale(model.backbone)
+
+
+def backbone_weight_scale(backbone) -> float:
+    """weight_scale of any transformers model (a policy too)."""
+    init = float(getattr(backbone.config, "initializer_range", 0.02) or 0.02)
+    stds = [p.float().std().item() for name, p in backbone.named_parameters() if p.ndim == 2 and not any(key in name for key in ("emb", "wte", "wpe", "lora_"))]
     return sum(stds) / len(stds) / init if stds else 1.0
 
 
