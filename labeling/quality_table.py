@@ -22,12 +22,13 @@ tests check that both paths give identical tables.
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
 import numpy as np
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from .models import Project
@@ -385,12 +386,44 @@ def _slow_rows(project: Project, ids: np.ndarray, positions: dict, lengths: dict
 # ---------------------------------------------------------------------------- the table
 
 
+def in_parallel(*calls):
+    """The calls' results, the first in this thread and the others in threads of their own,
+    each with its own database connection: the queries run side by side in their
+    PostgreSQL backends while this process parses what came back. Sequential inside a
+    transaction (another connection would not see its rows: tests, a caller's atomic
+    block) and on SQLite."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block or len(calls) < 2:
+        return [call() for call in calls]
+    results: list = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(index, call):
+        try:
+            results[index] = call()
+        except BaseException as error:  # re-raised in the caller's thread
+            errors.append(error)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    threads = [threading.Thread(target=run, args=(index, call), daemon=True) for index, call in enumerate(calls[1:], 1)]
+    for thread in threads:
+        thread.start()
+    try:
+        results[0] = calls[0]()
+    finally:
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 def build_table(project: Project, *, vectorize: bool = True) -> JudgementTable:
     """The project's human judgements as a JudgementTable (see the module docstring)."""
-    response_id, response_length, response_source, names = _responses(project)
     tasks = project_ids("labeling_comparisontask", project)
-    tr_task, tr_response, tr_position = _task_positions(tasks)
-    c = _judgement_columns(tasks)
+    c, replies, positions_of_tasks = in_parallel(lambda: _judgement_columns(tasks), lambda: _responses(project), lambda: _task_positions(tasks))
+    response_id, response_length, response_source, names = replies
+    tr_task, tr_response, tr_position = positions_of_tasks
 
     # replies per task, and the replies at positions 0 and 1 of each two-reply task
     tasks, task_start, counts = np.unique(tr_task, return_index=True, return_counts=True)

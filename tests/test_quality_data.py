@@ -606,3 +606,28 @@ def test_disagreement_settings_are_checked(people):
     lowered = api.patch(f"/api/v1/projects/{good.json()['id']}/", {"overlap_k_max": 3}, format="json")
     assert lowered.status_code == 400  # the stored ordering is still 'disagreement'
     assert Project.objects.get(name="d4").overlap_k_max == 5
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_the_table_is_read_by_parallel_queries(monkeypatch):
+    """build_table runs its queries side by side on their own connections when no
+    transaction is open (a web request, the benchmark); the table is the same."""
+    import threading
+
+    from labeling import quality_table
+
+    people = [create_annotator(username=f"p{i}", password=PASSWORD) for i in range(2)]
+    project = Project.objects.create(name="parallel", overlap_k=2, gold_rate=0)
+    import_items(project, make_items(4))
+    for task in ComparisonTask.objects.filter(project=project):
+        ids = [r for r, in task.task_responses.order_by("position").values_list("response_id")]
+        judge(task, people[0], ids, winner=0)
+        judge(task, people[1], ids[::-1], winner=1)
+    started = []
+    real_start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self), real_start(self))[1])
+    fast = quality_table.build_table(project)
+    assert len(started) == 2  # replies and task positions in threads, the judgements here
+    _tables_equal(fast, quality_table.build_table(project, vectorize=False))
+    assert fast.size == 8 and (fast.nominal >= 0).sum() == 8
