@@ -21,7 +21,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.utils import logging as hf_logging
 
-from . import adapters
+from . import adapters, distributed
 
 PAD_TOKEN = "<|pad|>"
 hf_logging.disable_progress_bar()
@@ -81,6 +81,22 @@ def disable_dropout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+
+
+def prepare_for_training(trained: list, reference=None) -> None:
+    """What every RL trainer (PPO, DPO, RLOO / GRPO) does to its models first: dropout off and
+    GPT-2's GELU as one kernel in each; the reference (when given) frozen in eval mode; the
+    trained models' weights broadcast from rank 0 under torchrun, so every rank starts equal."""
+    for model in [*trained, reference]:
+        if model is not None:
+            disable_dropout(model)
+            fuse_gelu(model)
+    if reference is not None:
+        reference.eval()
+        for p in reference.parameters():
+            p.requires_grad_(False)
+    for model in trained:
+        distributed.broadcast_parameters(model)
 
 
 def load_policy(path: str | os.PathLike, dtype: torch.dtype = torch.float32, *, merge_adapters: bool = True):

@@ -105,3 +105,19 @@ def judgements_from_raw_export(lines: Iterable[str]) -> list[Judgement]:
             )
         )
     return judgements
+
+
+def step_batches(n_examples: int, config, epoch: int, lengths: list[int]) -> list[list[int]]:
+    """Example indices per optimisation step for one epoch, the same on every rank: shuffled
+    by (seed, epoch), sorted by length within windows of 50 steps when config.group_by_length
+    (less padding), cut into steps of batch_size x grad_accum, the steps shuffled. `config`:
+    any trainer config with seed, batch_size, grad_accum and group_by_length (reward, DPO)."""
+    order = list(range(n_examples))
+    random.Random(config.seed * 1000 + epoch).shuffle(order)
+    per_step = config.batch_size * config.grad_accum
+    if config.group_by_length:
+        window = per_step * 50
+        order = [i for s in range(0, n_examples, window) for i in sorted(order[s : s + window], key=lambda i: lengths[i])]
+    steps = [order[s : s + per_step] for s in range(0, n_examples, per_step)]
+    random.Random(config.seed * 1000 + epoch + 1).shuffle(steps)
+    return steps

@@ -108,8 +108,8 @@ import torch.nn.functional as F
 
 from . import distributed
 from .adapters import adapters_disabled, gradient_checkpointing_on, has_adapters, unwrap
-from .checkpoint import disable_dropout, fuse_gelu, save_state_atomically
-from .data import PreferenceExample
+from .checkpoint import prepare_for_training, save_state_atomically
+from .data import PreferenceExample, step_batches
 from .device import autocast, model_device, use_bf16
 from .generation import accepts_logits_to_keep, position_ids
 from .hooks import NO_HOOKS, TrainerHooks
@@ -509,19 +509,6 @@ def pair_losses(logps: torch.Tensor, pairs: dict, config: DPOConfig):
     )
 
 
-def step_batches(n_examples: int, lengths: list[int], config: DPOConfig, epoch: int) -> list[list[int]]:
-    """Example indices per optimisation step for one epoch (the same on every rank)."""
-    order = list(range(n_examples))
-    random.Random(config.seed * 1000 + epoch).shuffle(order)
-    per_step = config.batch_size * config.grad_accum
-    if config.group_by_length:
-        window = per_step * 50
-        order = [i for s in range(0, n_examples, window) for i in sorted(order[s : s + window], key=lambda i: lengths[i])]
-    steps = [order[s : s + per_step] for s in range(0, n_examples, per_step)]
-    random.Random(config.seed * 1000 + epoch + 1).shuffle(steps)
-    return steps
-
-
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -553,15 +540,7 @@ class DPOTrainer:
             raise ValueError(f"batch_size {config.batch_size} is smaller than the {self.world} processes")
         self.device = model_device(policy)
         self.bf16 = use_bf16(self.device, config.bf16)
-        for model in (policy, ref_policy):
-            if model is not None:
-                disable_dropout(model)
-                fuse_gelu(model)
-        if ref_policy is not None:
-            ref_policy.eval()
-            for p in ref_policy.parameters():
-                p.requires_grad_(False)
-        distributed.broadcast_parameters(policy)
+        prepare_for_training([policy], ref_policy)
         torch.manual_seed(config.seed)
         self.lengths = [e.length for e in self.train_data]
         per_step = config.batch_size * config.grad_accum
@@ -632,7 +611,7 @@ class DPOTrainer:
     def _step_indices(self, step: int) -> tuple[int, list[int]]:
         epoch, position = divmod(step, self.steps_per_epoch)
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            self._epoch_cache = (epoch, step_batches(len(self.train_data), self.lengths, self.config, epoch))
+            self._epoch_cache = (epoch, step_batches(len(self.train_data), self.config, epoch, self.lengths))
         return epoch, self._epoch_cache[1][position]
 
     def step(self) -> dict:

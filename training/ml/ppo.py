@@ -65,7 +65,7 @@ from torch import nn
 
 from . import distributed
 from .adapters import adapters_disabled, has_adapters
-from .checkpoint import disable_dropout, fuse_gelu, load_backbone, save_state_atomically
+from .checkpoint import prepare_for_training, load_backbone, save_state_atomically
 from .device import autocast, model_device, use_bf16
 from .generation import decode_responses, forward_response, no_cache, pad_left, position_ids, truncate_after_eos
 from .hooks import NO_HOOKS, TrainerHooks
@@ -224,16 +224,7 @@ class PPOTrainer:
         self.tokenizer, self.reward_fn, self.prompts, self.config, self.hooks = tokenizer, reward_fn, prompts, config, hooks
         self.device = model_device(policy)
         self.bf16 = use_bf16(self.device, config.bf16)
-        for model in (policy, ref_policy, value_model):
-            if model is not None:
-                disable_dropout(model)
-                fuse_gelu(model)
-        if ref_policy is not None:
-            ref_policy.eval()
-            for p in ref_policy.parameters():
-                p.requires_grad_(False)
-        distributed.broadcast_parameters(policy)
-        distributed.broadcast_parameters(value_model)
+        prepare_for_training([policy, value_model], ref_policy)
         torch.manual_seed(config.seed)
         self.prompt_rng = random.Random(config.seed)
         self.update_rng = torch.Generator().manual_seed(config.seed)

@@ -58,7 +58,6 @@ reference replies (by default every reply of the validation set) have mean 0 and
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 
@@ -67,7 +66,7 @@ import torch
 from . import device as devices
 from . import distributed
 from .checkpoint import disable_dropout
-from .data import PreferenceExample, split_by_prompt
+from .data import PreferenceExample, split_by_prompt, step_batches
 from .hooks import NO_HOOKS, TrainerHooks
 from .losses import bradley_terry_loss, tie_loss, warmup_cosine
 from .reward_model import RewardBatch, RewardModel
@@ -153,19 +152,6 @@ def example_losses(rewards: torch.Tensor, index_maps, tie_weight: float) -> torc
             loss = loss + tie_weight * tie_loss(rewards[[a for a, _ in ties]], rewards[[b for _, b in ties]]).mean()
         losses.append(loss)
     return torch.stack(losses)
-
-
-def _step_batches(n_examples: int, config: RewardTrainingConfig, epoch: int, lengths: list[int]) -> list[list[int]]:
-    """Example indices per optimisation step for one epoch (same on every rank)."""
-    order = list(range(n_examples))
-    random.Random(config.seed * 1000 + epoch).shuffle(order)
-    per_step = config.batch_size * config.grad_accum
-    if config.group_by_length:
-        window = per_step * 50
-        order = [i for s in range(0, n_examples, window) for i in sorted(order[s : s + window], key=lambda i: lengths[i])]
-    steps = [order[s : s + per_step] for s in range(0, n_examples, per_step)]
-    random.Random(config.seed * 1000 + epoch + 1).shuffle(steps)
-    return steps
 
 
 @torch.no_grad()
@@ -374,7 +360,7 @@ def train_reward_model(
     started = time.perf_counter()
     for epoch in range(epochs):
         epoch_loss, epoch_steps = 0.0, 0
-        for step_indices in _step_batches(len(train), config, epoch, lengths):
+        for step_indices in step_batches(len(train), config, epoch, lengths):
             hooks.check_cancelled()
             n_step = len(step_indices)
             mine = step_indices[rank::world]

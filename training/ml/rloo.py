@@ -126,7 +126,7 @@ import torch
 
 from . import distributed
 from .adapters import adapters_disabled, gradient_checkpointing_on, has_adapters
-from .checkpoint import disable_dropout, fuse_gelu, save_state_atomically
+from .checkpoint import prepare_for_training, save_state_atomically
 from .device import autocast, model_device, use_bf16
 from .generation import decode_responses, forward_response, pad_left, position_ids, truncate_after_eos
 from .hooks import NO_HOOKS, TrainerHooks
@@ -476,15 +476,7 @@ class OnlineRLTrainer:
         self.tokenizer, self.reward_fn, self.prompts, self.config, self.hooks = tokenizer, reward_fn, prompts, config, hooks
         self.device = model_device(policy)
         self.bf16 = use_bf16(self.device, config.bf16)
-        for model in (policy, ref_policy):
-            if model is not None:
-                disable_dropout(model)
-                fuse_gelu(model)
-        if ref_policy is not None:
-            ref_policy.eval()
-            for p in ref_policy.parameters():
-                p.requires_grad_(False)
-        distributed.broadcast_parameters(policy)
+        prepare_for_training([policy], ref_policy)
         torch.manual_seed(config.seed)
         self.prompt_rng = random.Random(config.seed)
         self.update_rng = torch.Generator().manual_seed(config.seed)
