@@ -29,7 +29,7 @@ def test_rloo_and_grpo_need_a_reward_model_and_register_a_policy(db, models_on_d
     assert policy.kind == "policy" and "held-out prompts" in policy.promotion_note
 
 
-def test_dpo_run_learns_from_the_judgements_without_a_reward_model(db, models_on_disk):
+def test_dpo_run_trains_on_the_judgements_and_is_gated_without_a_reward_model(db, models_on_disk):
     project = labelled_project()
     rules = services.training_settings_for(project)
     rules.sampling_config = {"max_new_tokens": 8}  # the held-out KL samples replies as generation does

@@ -202,15 +202,21 @@ def _register(run: TrainingRun, kind: str, path: Path, metrics: dict, parent: Mo
 # --------------------------------------------------------------------------- stages
 
 
-def stage_reward(run: TrainingRun, reporter: RunReporter) -> dict:
-    rules = services.training_settings_for(run.project)
-    config = _merged(RewardTrainingConfig, rules.reward_config, run.config.get("reward"))
-    # what the periodic check counts "new judgements" from, taken when the data is read
+def _read_judgements(run: TrainingRun, reporter: RunReporter) -> list:
+    """The human judgements a reward or DPO run learns from, through the run's quality filter;
+    the count it starts from is stored first (what the periodic check counts "new judgements" from)."""
     TrainingRun.objects.filter(pk=run.pk).update(judgements_at_start=services.human_judgement_count(run.project))
     quality = JudgementFilter.from_options(run.config.get("filter"))
     judgements = selectors.training_judgements(run.project, quality=quality)
     if quality.active:
         reporter.log(f"quality filter: {quality.describe()} ({len(judgements)} judgements left)")
+    return judgements
+
+
+def stage_reward(run: TrainingRun, reporter: RunReporter) -> dict:
+    rules = services.training_settings_for(run.project)
+    config = _merged(RewardTrainingConfig, rules.reward_config, run.config.get("reward"))
+    judgements = _read_judgements(run, reporter)
     use_margin, val_fraction = bool(run.config.get("use_margin")), float(run.config.get("val_fraction", 0.2))
     examples = build_examples(judgements, use_margin=use_margin, include_ties=config.tie_weight > 0)
     train, val = split_by_prompt(examples, val_fraction, seed=config.seed)
@@ -400,11 +406,7 @@ def stage_dpo(run: TrainingRun, reporter: RunReporter) -> dict:
     device, processes, adapters = worker_device(), processes_for(run), adapters_for(run)
     start_path, start_version = _starting_policy(run.project)
     overrides = {**(rules.dpo_config or {}), **(run.config.get("dpo") or {})}
-    TrainingRun.objects.filter(pk=run.pk).update(judgements_at_start=services.human_judgement_count(run.project))
-    quality = JudgementFilter.from_options(run.config.get("filter"))
-    judgements = selectors.training_judgements(run.project, quality=quality)
-    if quality.active:
-        reporter.log(f"quality filter: {quality.describe()} ({len(judgements)} judgements left)")
+    judgements = _read_judgements(run, reporter)
     val_fraction = float(run.config.get("val_fraction", 0.2))
     examples = [e for e in build_examples(judgements, use_margin=bool(overrides.get("use_margin")), include_ties=False) if e.pairs]
     train, val = split_by_prompt(examples, val_fraction, seed=int(overrides.get("seed", 0)))

@@ -246,6 +246,12 @@ def roll_back(*, project: Project, kind: str, to: str = "previous") -> ModelVers
     return previous
 
 
+def _against_a_coin(accuracy: float, pairs: int) -> tuple[int, float]:
+    """(pairs ranked right, one-sided binomial p-value of doing that well by chance)."""
+    correct = round(accuracy * pairs)
+    return correct, binomial_p_value(correct, pairs)
+
+
 def promotion_decision(*, kind: str, metrics: dict, project: Project) -> tuple[bool, str]:
     """The stated rule, answered in words.
 
@@ -274,8 +280,7 @@ def promotion_decision(*, kind: str, metrics: dict, project: Project) -> tuple[b
         accuracy, pairs = metrics.get("val_accuracy"), metrics.get("val_pairs") or 0
         if accuracy is None or not pairs:
             return False, "no held-out validation pairs to test it on (too few judgements to hold some out)"
-        correct = round(accuracy * pairs)
-        p_value = binomial_p_value(correct, pairs)
+        correct, p_value = _against_a_coin(accuracy, pairs)
         if p_value >= alpha:
             return False, (
                 f"it ranked {correct} of {pairs} held-out pairs correctly ({accuracy:.1%}); a coin does that often "
@@ -296,8 +301,7 @@ def promotion_decision(*, kind: str, metrics: dict, project: Project) -> tuple[b
         accuracy, pairs = metrics.get("dpo_val_accuracy"), metrics.get("dpo_val_pairs") or 0
         if accuracy is None or not pairs:
             return False, "no held-out judgements to test it on (too few judgements to hold some out)"
-        correct = round(accuracy * pairs)
-        p_value = binomial_p_value(correct, pairs)
+        correct, p_value = _against_a_coin(accuracy, pairs)
         if p_value >= alpha:
             return False, (
                 f"its implicit reward ranked {correct} of {pairs} held-out pairs as people did ({accuracy:.1%}); a coin does that often "
