@@ -1,4 +1,4 @@
-"""Reward model on real human preferences (Anthropic HH-RLHF), through the product path.
+"""Reward model, or DPO policy, on real human preferences (Anthropic HH-RLHF), through the product path.
 
 What a user does, end to end, in a throw-away SQLite database and artifact folder:
 
@@ -6,6 +6,7 @@ What a user does, end to end, in a throw-away SQLite database and artifact folde
     manage.py import_data hh-harmless-1000.jsonl --project NAME --format hh --with-labels --skip-invalid
     manage.py bootstrap_models                       # REWARD_BACKBONE=policy only
     manage.py start_run reward --project NAME        # no config: the defaults
+    manage.py start_run dpo --project NAME           # --kind dpo: DPO on the same judgements, defaults
 
 (here: `import_stream(..., fmt="hh", with_labels=True, skip_invalid=True)`: three lines of the file have an
 empty final reply and are refused without --skip-invalid, `build_default_policy` as bootstrap_models
@@ -14,8 +15,15 @@ config passed is the seed, `{"reward": {"seed": s}}`, which also seeds the train
 Prints one JSON line per seed: backbone, seed, train / validation pairs, held-out accuracy and loss,
 epochs run, train seconds, pairs per second, peak RSS.
 
+--kind dpo runs `start_run dpo` instead (seed `{"dpo": {"seed": s}}`, which also seeds its split) from the
+default policy and prints the held-out implicit-reward accuracy, the KL to the starting policy on its own
+samples for the evaluation prompts, and whether the gate promoted it, with its reason in words.
+--config JSON adds run config (e.g. '{"dpo": {"beta": 0.3}}'): the line then says the run did not use the
+defaults (`"defaults": false`).
+
     python bench/hh_rm_bench.py --backbone policy --seeds 0 1 2
     python bench/hh_rm_bench.py --backbone minilm --seeds 0 1 2 --dump /tmp/hh-minilm
+    python bench/hh_rm_bench.py --kind dpo --seeds 0 1 2
     /tmp/trl-venv/bin/python bench/trl_rm_bench.py --data /tmp/hh-minilm/seed0
 
 --dump DIR writes DIR/seed<s>/{train,val}.jsonl (the exact split, as TRL's {"prompt", "chosen",
@@ -81,6 +89,41 @@ def setup(workdir: Path, backbone: str, data: Path, threads: int) -> dict:
             config=DefaultModelConfig(), sft_epochs=6,
         )
     return {"imported": imported, "setup_seconds": round(time.perf_counter() - started, 1)}
+
+
+def train_dpo(workdir: Path, seed: int, extra: dict, threads: int) -> dict:
+    """`start_run dpo` with the defaults (only the seed, plus --config), executed here."""
+    django_setup(workdir, "policy", threads)
+    from labeling.models import Project
+    from training import runner, services
+    from training.models import ModelVersion, RunStatus, TrainingRun
+
+    project = Project.objects.get(name=PROJECT)
+    config = {**extra, "dpo": {"seed": seed, **(extra.get("dpo") or {})}}
+    run = services.start_run(project=project, kind="dpo", config=config, enqueue=False)
+    started = time.perf_counter()
+    runner.execute(run.pk)
+    wall = time.perf_counter() - started
+    run = TrainingRun.objects.get(pk=run.pk)
+    if run.status != RunStatus.SUCCEEDED:
+        raise SystemExit(f"run {run.pk} {run.status}: {run.error}")
+    m = run.metrics
+    version = ModelVersion.objects.filter(produced_by=run).order_by("-pk").first()
+    promoted = version is not None and version.status == "active"
+    if promoted:  # the next seed starts from the default policy again
+        services.roll_back(project=project, kind="policy", to="builtin")
+    rounded = lambda key, digits=4: None if m.get(key) is None else round(m[key], digits)  # noqa: E731
+    return {
+        "trainer": "ours (start_run dpo)", "defaults": not extra, "config": config, "seed": seed,
+        "train_judgements": m.get("train_judgements"), "val_pairs": m.get("dpo_val_pairs"),
+        "val_accuracy": rounded("dpo_val_accuracy"), "val_margin": rounded("dpo_val_margin"),
+        "train_accuracy": rounded("train_accuracy"), "train_loss": rounded("train_loss"),
+        "kl": rounded("kl", 3), "kl_prompts": m.get("kl_prompts"),
+        "promoted": promoted,
+        "promotion_note": None if version is None else version.promotion_note,
+        "steps": m.get("steps"), "run_wall_seconds": round(wall, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
 
 
 def train(workdir: Path, backbone: str, seed: int, dump: Path | None, threads: int) -> dict:
@@ -156,15 +199,24 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--dump", type=Path, help="write each seed's split and backbone folder here (for bench/trl_rm_bench.py)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kind", choices=("reward", "dpo"), default="reward")
+    parser.add_argument("--config", type=json.loads, default={}, help="extra run config (JSON object); the run then does not use the defaults")
     parser.add_argument("--stage", choices=("setup", "train"), help=argparse.SUPPRESS)  # internal: one stage in this process
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage == "setup":
         print(json.dumps(setup(args.workdir, args.backbone, args.data, args.threads)), flush=True)
         return
+    if args.stage == "train" and args.kind == "dpo":
+        print(json.dumps(train_dpo(args.workdir, args.seeds[0], args.config, args.threads)), flush=True)
+        return
     if args.stage == "train":
         print(json.dumps(train(args.workdir, args.backbone, args.seeds[0], args.dump, args.threads)), flush=True)
         return
+    if not isinstance(args.config, dict):
+        raise SystemExit("--config must be a JSON object")
+    if args.kind == "dpo" and args.backbone != "policy":
+        raise SystemExit("--kind dpo trains the policy; --backbone does not apply")
     if not args.data.exists():
         raise SystemExit(f"no data at {args.data}")
     workdir = Path(tempfile.mkdtemp(prefix="hh-rm-bench-"))
@@ -175,7 +227,7 @@ def main() -> None:
         done = subprocess.run([sys.executable, __file__, "--stage", "setup", *common], check=True, stdout=subprocess.PIPE, text=True)
         print(done.stdout.strip().splitlines()[-1], file=sys.stderr, flush=True)
         for seed in args.seeds:
-            command = [sys.executable, __file__, "--stage", "train", "--seeds", str(seed), *common]
+            command = [sys.executable, __file__, "--stage", "train", "--seeds", str(seed), "--kind", args.kind, "--config", json.dumps(args.config), *common]
             if args.dump:
                 command += ["--dump", str(args.dump)]
             subprocess.run(command, check=True)

@@ -66,6 +66,41 @@ def test_to_device_moves_nested_batches():
     assert isinstance(moved["batch"], RewardBatch) and torch.equal(moved["batch"].reply_ids, batch.reply_ids)
 
 
+def test_cpu_bf16_autocast_runs_attention_in_float32(tiny_policy_dir, monkeypatch):
+    """Under our bf16 autocast on a CPU every attention call (transformers' sdpa, and the
+    PPO tail's own) gets float32 inputs, the linear layers stay bf16, and the logits stay
+    close to float32's; outside autocast a bf16 model keeps bf16 attention."""
+    from training.ml.tail import last_layer_tail
+
+    seen = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, *args, **kwargs):
+        seen.append((query.dtype, key.dtype, value.dtype))
+        return original(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model, tokenizer = load_policy(tiny_policy_dir)
+    model.eval()
+    ids = torch.tensor([tokenizer.encode("the cat sat on the mat and the dog ran")])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        seen.clear()
+        with devices.autocast(torch.device("cpu"), True):
+            logits = model(input_ids=ids).logits
+            assert seen and all(dtypes == (torch.float32,) * 3 for dtypes in seen), seen
+            seen.clear()
+            with last_layer_tail(model, 3) as applied:
+                tail = model(input_ids=ids).logits[:, -3:]
+            assert applied and seen and all(dtypes == (torch.float32,) * 3 for dtypes in seen), seen
+        assert logits.dtype == torch.bfloat16  # the matmuls (lm head) still run in bf16
+        assert torch.allclose(logits.float(), expected, atol=0.1), (logits.float() - expected).abs().max()
+        assert torch.allclose(tail.float(), logits[:, -3:].float(), atol=0.1)
+        seen.clear()
+        model.to(torch.bfloat16)(input_ids=ids)  # bf16 weights, no autocast: left alone
+        assert seen and all(dtypes == (torch.bfloat16,) * 3 for dtypes in seen), seen
+
+
 def test_ppo_defaults_are_sized_to_the_device():
     cpu, gpu = ppo_defaults_for(torch.device("cpu")), ppo_defaults_for(torch.device("cuda", 0))
     assert cpu["rollout_batch_size"] < gpu["rollout_batch_size"] and cpu["steps"] < gpu["steps"]

@@ -434,25 +434,3 @@ def test_sample_groups_runs_each_prefill_once_with_the_same_replies(tiny_policy_
     assert torch.equal(grouped, one_each)
     assert not torch.equal(grouped[0], grouped[1])  # k different replies to one prompt
     assert torch.equal(grouped, sample_groups(policy, query, query_mask, 3, generators=generators(), **settings))  # seeded
-
-
-def test_draw_tokens_samples_the_distribution():
-    """Inverse-CDF sampling: token frequencies match softmax(logits / T) after top-p; filtered tokens never come up."""
-    from training.ml.rloo import draw_tokens
-
-    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
-    n = 4000
-    logits = probs.log().expand(n, 4)  # log 0 = -inf: probability 0
-    tokens = draw_tokens(logits, 1.0, 1.0, [torch.Generator().manual_seed(i) for i in range(n)])
-    frequencies = torch.bincount(tokens, minlength=4).float() / n
-    assert torch.allclose(frequencies, probs, atol=0.03), frequencies  # binomial std <= 0.008 at n = 4000
-    assert frequencies[3] == 0
-    # top_p 0.7: the smallest set reaching 0.7 is {0.5, 0.3}; renormalised 0.625 / 0.375
-    tokens = draw_tokens(logits, 1.0, 0.7, [torch.Generator().manual_seed(i) for i in range(n)])
-    frequencies = torch.bincount(tokens, minlength=4).float() / n
-    assert frequencies[2] == 0 and frequencies[3] == 0
-    assert frequencies[0].item() == pytest.approx(0.625, abs=0.03)
-    # temperature 2 flattens: p ~ sqrt(0.5), sqrt(0.3), sqrt(0.2) = 0.4154, 0.3218, 0.2628 after normalising
-    tokens = draw_tokens(logits, 2.0, 1.0, [torch.Generator().manual_seed(i) for i in range(n)])
-    assert (torch.bincount(tokens, minlength=4).float() / n)[0].item() == pytest.approx(0.4154, abs=0.03)
-    assert torch.equal(draw_tokens(logits[:3], 0.0, 1.0, []), torch.zeros(3, dtype=torch.long))  # greedy

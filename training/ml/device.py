@@ -8,12 +8,17 @@ caller moves the models once (`model.to(device)`) and batches follow with `to_de
 
 On a GPU with bfloat16 support the forward passes run under bf16 autocast while the
 weights and optimiser state stay float32 (`use_bf16`), and float32 matmuls may use TF32
-(`prepare`). The CPU path stays float32 unless a run asks for bf16 explicitly.
+(`prepare`). The CPU path stays float32 unless a run asks for bf16 explicitly. Under bf16
+autocast on a CPU, attention runs in float32 (`float32_attention_on_cpu`): on this AVX512-BF16
+CPU sdpa's bf16 flash attention is no faster forward and slower backward (fwd + bwd of a
+(8, 4, 288, 64) causal attention: 23.1 ms in bf16, 18.8 ms in float32), and the softmax is
+more precise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 
@@ -71,10 +76,47 @@ def use_bf16(device: torch.device, requested: bool | None = None) -> bool:
 
 
 def autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast on `device` when enabled (weights stay float32); a no-op otherwise."""
+    """bfloat16 autocast on `device` when enabled (weights stay float32); a no-op otherwise.
+    On a CPU, attention then runs in float32 (`float32_attention_on_cpu`)."""
     if not enabled:
         return contextlib.nullcontext()
+    if device.type == "cpu":
+        _register_cpu_attention()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def float32_attention_on_cpu(query: torch.Tensor) -> bool:
+    """Whether attention on these bf16 inputs should run in float32: under bf16 autocast on a
+    CPU, where sdpa's float32 flash attention is at least as fast (see the module docstring)
+    and its softmax more precise."""
+    return query.device.type == "cpu" and query.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+
+
+def _float32_on_cpu(attention):
+    """transformers' sdpa attention function, running in float32 when float32_attention_on_cpu."""
+
+    @functools.wraps(attention)
+    def wrapped(module, query, key, value, attention_mask, *args, **kwargs):
+        if not float32_attention_on_cpu(query):
+            return attention(module, query, key, value, attention_mask, *args, **kwargs)
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.float()
+        with torch.autocast("cpu", enabled=False):
+            output, weights = attention(module, query.float(), key.float(), value.float(), attention_mask, *args, **kwargs)
+        return output.to(query.dtype), weights
+
+    wrapped.float32_on_cpu = True
+    return wrapped
+
+
+def _register_cpu_attention() -> None:
+    """Once per process: transformers' `sdpa` attention (the default of GPT-2, Llama, Qwen2, ...)
+    goes through _float32_on_cpu; outside CPU autocast it is the original function."""
+    from transformers import AttentionInterface
+
+    current = AttentionInterface._global_mapping.get("sdpa")
+    if current is not None and not getattr(current, "float32_on_cpu", False):
+        AttentionInterface.register("sdpa", _float32_on_cpu(current))
 
 
 def to_device(value, device: torch.device):

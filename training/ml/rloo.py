@@ -132,7 +132,7 @@ from .generation import decode_responses, forward_response, pad_left, position_i
 from .hooks import NO_HOOKS, TrainerHooks
 from .losses import entropy_from_logits, kl_k1, kl_k3, logprobs_from_logits
 from .ppo import RewardFn, adamw
-from .sampling import top_p_filter
+from .sampling import draw_tokens
 from .text import tokenize_prompt
 
 ALGORITHMS = ("rloo", "grpo")
@@ -369,23 +369,6 @@ def group_forward(model, query, query_mask, prompt_index, response, response_mas
         ).logits
         logits = torch.cat([logits, rest], 1)
     return logprobs_from_logits(logits, response, temperature), logits
-
-
-def draw_tokens(logits: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator]) -> torch.Tensor:
-    """One token per row from softmax(logits / temperature) after top-p (sampling.top_p_filter;
-    greedy at temperature 0), row i with one uniform number u_i from generators[i]: the
-    first token whose cumulative probability (float64) reaches (1 - u_i) * total, i.e.
-    inverse-CDF sampling. Exact sampling from the same distribution as sampling.next_tokens,
-    but one scalar draw per row and batched arithmetic instead of a torch.multinomial call per
-    row (each with its own validity check, a device sync on GPUs): about 15x less time per
-    decoding step for 32 rows on a CPU. Filtered (zero-probability) tokens are never drawn."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = top_p_filter(logits.float() / temperature, top_p).softmax(-1)
-    cdf = probs.double().cumsum(-1)
-    uniforms = torch.cat([torch.rand(1, generator=g, device=g.device, dtype=torch.float64) for g in generators]).to(cdf.device)
-    target = (1 - uniforms) * cdf[:, -1]  # in (0, total]: the first index reaching it has probability > 0
-    return torch.searchsorted(cdf, target.unsqueeze(1)).squeeze(1).clamp(max=probs.shape[-1] - 1)
 
 
 @torch.no_grad()

@@ -32,6 +32,8 @@ import types
 import torch
 import torch.nn.functional as F
 
+from .device import float32_attention_on_cpu
+
 
 def _last_gpt2_block(model):
     """The last GPT2Block of `model` (under any wrappers), or None when the tail does not apply."""
@@ -74,10 +76,16 @@ def _tail_forward(self, hidden_states, past_key_values=None, attention_mask=None
     key = key.reshape(batch, length, *heads).transpose(1, 2)
     value = value.reshape(batch, length, *heads).transpose(1, 2)
     mask = _tail_mask(attention_mask, batch, length, keep, hidden_states.device)
-    if mask.dtype != torch.bool:
-        mask = mask.to(query.dtype)
     dropout = attention.attn_dropout.p if self.training else 0.0
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=attention.scaling)
+    if float32_attention_on_cpu(query):  # as transformers' sdpa under our CPU autocast (device.autocast)
+        with torch.autocast("cpu", enabled=False):
+            mask = mask if mask.dtype == torch.bool else mask.float()
+            out = F.scaled_dot_product_attention(query.float(), key.float(), value.float(), attn_mask=mask, dropout_p=dropout, scale=attention.scaling)
+        out = out.to(query.dtype)
+    else:
+        if mask.dtype != torch.bool:
+            mask = mask.to(query.dtype)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=attention.scaling)
     out = attention.resid_dropout(attention.c_proj(out.transpose(1, 2).reshape(batch, keep, -1)))
     tail = hidden_states[:, -keep:] + out
     tail = tail + self.mlp(self.ln_2(tail))
