@@ -445,6 +445,7 @@ def stage_dpo(run: TrainingRun, reporter: RunReporter) -> dict:
         "dpo_val_accuracy": metrics.get("val_accuracy"), "dpo_val_pairs": metrics.get("val_pairs") or 0,
         "dpo_val_margin": metrics.get("val_margin"), "train_accuracy": _mean_of_last(history, "rewards/accuracy"),
         "train_loss": _mean_of_last(history, "loss"), "train_log_ratio": _mean_of_last(history, "kl"),
+        **{key: metrics.get(key) for key in ("early_stopping_examples", "es_loss", "es_accuracy", "best_step", "stopped_early", "restored_best")},
     }
     _, eval_prompts = split_eval_prompts(selectors.policy_prompts(run.project), rules.policy_eval_prompts)
     sampling = _merged(SamplingConfig, rules.sampling_config, run.config.get("sampling"), {"n": 1})

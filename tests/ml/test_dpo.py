@@ -2,9 +2,11 @@
 forward, a tiny random-init policy learns a synthetic preference, exact resume, config checks,
 and two torchrun processes (gloo) make the update one process makes."""
 
+import dataclasses
 import json
 import math
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -170,6 +172,7 @@ def test_dpo_learns_a_synthetic_preference(tiny_policy_dir):
     assert metrics["val_accuracy"] > 0.9 and metrics["val_margin"] > 0 and metrics["val_pairs"] == len(val)
     assert run.evaluate()["accuracy"] == metrics["val_accuracy"]
     history = run.history
+    assert not run.es_data and metrics["best_step"] == metrics["steps_run"] == run.total_steps  # early stopping is off by default
     assert len(history) == run.total_steps == 2 * math.ceil(len(train) / 16)
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin", "kl", "lr", "pairs_per_second"):
         assert key in history[-1] and key in progress[-1]
@@ -178,6 +181,16 @@ def test_dpo_learns_a_synthetic_preference(tiny_policy_dir):
     assert sum(h["loss"] for h in history[-5:]) < sum(h["loss"] for h in history[:5])
     assert progress[-1]["fraction"] == 1.0 and progress[-1]["total_steps"] == run.total_steps
     assert sum(h["pairs"] for h in history) == 2 * len(train)
+
+
+def test_early_stopping_does_not_stop_a_rule_that_is_being_learned(tiny_policy_dir):
+    train, val = examples(400)
+    run = trainer(tiny_policy_dir, train, val, early_stopping_fraction=0.1)
+    metrics = run.train()
+    assert run.es_data and len(run.train_data) + len(run.es_data) == len(train)  # 10% of the training prompts
+    assert not metrics["stopped_early"] and metrics["best_step"] == metrics["steps_run"] == run.total_steps == 2 * math.ceil(len(run.train_data) / 16)
+    assert [h["step"] for h in run.history if "es_loss" in h] == list(range(run.es_every, run.total_steps + 1, run.es_every))
+    assert metrics["val_accuracy"] > 0.9 and metrics["es_accuracy"] > 0.9
 
 
 def test_ipo_with_rankings_learns_too(tiny_policy_dir):
@@ -263,6 +276,58 @@ def test_resume_from_a_mid_run_checkpoint_is_exact(tiny_policy_dir, tmp_path):
     for (name, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
         assert torch.equal(a, b), name
     assert resumed.evaluate() == straight.evaluate()
+
+
+def noisy(examples_, seed=0):
+    """The same examples with every label a coin flip: nothing to learn, only to memorise."""
+    rng = random.Random(seed)
+    return [dataclasses.replace(e, pairs=[(b, a, m) if rng.random() < 0.5 else (a, b, m) for a, b, m in e.pairs]) for e in examples_]
+
+
+def test_early_stopping_ends_with_the_last_checkpoint_that_is_not_clearly_worse(tiny_policy_dir):
+    """Coin-flip labels and a high learning rate: the early-stopping loss rises as the policy
+    memorises, training stops before its plan, and the weights kept are those of the best
+    step, whose early-stopping loss the run reports. The split is by prompt, inside the
+    training examples; the eval examples are untouched."""
+    train, val = examples(320)
+    train = noisy(train)
+    run = trainer(tiny_policy_dir, train, val, lr=3e-3, epochs=8, early_stopping_fraction=0.1, early_stopping_evals_per_epoch=2, patience=2)
+    fit_prompts, es_prompts = {tuple(e.prompt) for e in run.train_data}, {tuple(e.prompt) for e in run.es_data}
+    assert run.es_data and not fit_prompts & es_prompts and len(run.eval_data) == len(val)
+    metrics = run.train()
+    assert metrics["stopped_early"] and metrics["restored_best"]
+    assert 0 < metrics["best_step"] < metrics["steps_run"] < run.total_steps
+    checks = [h for h in run.history if "es_loss" in h]
+    assert len(checks) >= 3 and max(h["es_loss"] for h in checks) > min(h["es_loss"] for h in checks)
+    best = next(h for h in checks if h["step"] == metrics["best_step"])
+    assert metrics["es_loss"] == best["es_loss"]
+    assert run._measure(run.es_data)["loss"] == pytest.approx(metrics["es_loss"], abs=1e-5)  # the best step's weights are back
+    # off: the whole plan runs
+    plain = trainer(tiny_policy_dir, train, val, lr=3e-3, epochs=2)
+    assert not plain.es_data and plain.train()["steps_run"] == plain.total_steps == 2 * math.ceil(len(train) / 16)
+
+
+def test_resume_with_early_stopping_is_exact(tiny_policy_dir, tmp_path):
+    """The early-stopping state (lowest losses, the kept weights, the count of worse checks)
+    is part of the resumable state."""
+    train, val = examples(100)
+    settings = dict(epochs=3, batch_size=8, grad_accum=2, early_stopping_min_examples=0, early_stopping_fraction=0.25, early_stopping_evals_per_epoch=2)
+    straight = trainer(tiny_policy_dir, train, val, **settings)
+    assert straight.es_data
+    expected = straight.train()
+    first = trainer(tiny_policy_dir, train, val, **settings)
+    first.train(checkpoint_path=tmp_path / "dpo-state.pt", checkpoint_every=5)
+    del first
+    state = torch.load(tmp_path / "dpo-state.pt", weights_only=False)
+    assert state["step"] % 5 == 0 and 0 < state["step"] <= straight.step_count
+    assert state["early_stopping"]["best"]["step"] > 0 and state["early_stopping"]["best_parameters"]
+    resumed = trainer(tiny_policy_dir, train, val, **settings)
+    torch.manual_seed(12345)
+    resumed.load_state_dict(state)
+    assert comparable([resumed.train()]) == comparable([expected])
+    assert comparable(resumed.history) == comparable(straight.history)
+    for (name, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_cancel_between_steps(tiny_policy_dir):
