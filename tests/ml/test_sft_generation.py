@@ -17,7 +17,7 @@ from training.ml.generation import (
     truncate_after_eos,
 )
 from training.ml.losses import logprobs_from_logits
-from training.ml.sft import IGNORE, SFTConfig, build_sequences, evaluate, train_sft
+from training.ml.sft import IGNORE, SFTConfig, build_sequences, evaluate, fit_to_positions, position_limit, train_sft
 from training.ml.synthetic import sentence
 
 import random
@@ -32,6 +32,34 @@ def test_labels_cover_reply_tokens_only(tiny_policy_dir):
     prompt_len = sum(1 for label in labels if label == IGNORE)
     assert prompt_len > 0 and labels[prompt_len:] == ids[prompt_len:]
     assert ids[-1] == tokenizer.eos_token_id
+
+
+def test_fit_to_positions_cuts_the_oldest_prompt_tokens_then_the_reply():
+    assert fit_to_positions([1, 2, 3], [4, 5], 8) == ([1, 2, 3], [4, 5])  # fits: unchanged
+    assert fit_to_positions([1, 2, 3], [4, 5], None) == ([1, 2, 3], [4, 5])
+    assert fit_to_positions(list(range(10)), [20, 21], 6) == ([6, 7, 8, 9], [20, 21])  # the prompt's most recent tokens
+    assert fit_to_positions(list(range(10)), list(range(20, 30)), 6) == ([7, 8, 9], [20, 21, 22])  # half each
+    assert fit_to_positions([1], list(range(20, 30)), 6) == ([1], [20, 21, 22, 23, 24])  # a short prompt stays whole
+
+
+def test_sft_on_demonstrations_longer_than_the_models_positions(tiny_policy_dir):
+    """384 prompt + 256 reply tokens (the SFT defaults) exceed a 256-position model: the
+    sequences are cut to fit instead of failing in the position embedding (IndexError)."""
+    model, tokenizer = load_policy(tiny_policy_dir)
+    limit = position_limit(model)
+    assert limit == model.config.n_positions == 256
+    long = [([{"role": "user", "content": sentence(rng, 400)}], sentence(rng, 300)) for _ in range(4)]
+    config = SFTConfig(lr=1e-3, epochs=1, batch_size=2)
+    uncut = build_sequences(tokenizer, long, config)
+    assert all(len(ids) > limit for ids, _ in uncut)
+    for (ids, labels), (full, full_labels) in zip(build_sequences(tokenizer, long, config, limit), uncut):
+        reply = [t for t in labels if t != IGNORE]
+        assert len(ids) == limit and len(reply) >= limit // 2
+        prompt = ids[: len(ids) - len(reply)]
+        full_prompt = full[: len(full) - sum(1 for t in full_labels if t != IGNORE)]
+        assert prompt == full_prompt[-len(prompt):] and reply == [t for t in full_labels if t != IGNORE][: len(reply)]
+    metrics = train_sft(model, tokenizer, long, config, val_demonstrations=long)
+    assert math.isfinite(metrics["val_loss"])
 
 
 def test_sft_lowers_reply_loss(tiny_policy_dir):

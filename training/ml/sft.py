@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
+from .adapters import unwrap
 from .device import autocast, model_device, to_device, use_bf16
 from .generation import no_cache
 from .hooks import NO_HOOKS, TrainerHooks
@@ -40,12 +41,34 @@ class SFTConfig:
     seed: int = 0
 
 
-def build_sequences(tokenizer, demonstrations, config: SFTConfig) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) per demonstration; labels are -100 on the prompt."""
+def position_limit(model) -> int | None:
+    """The longest sequence the model's position embeddings cover (GPT-2's n_positions; None
+    when the config names no limit)."""
+    config = unwrap(model).config
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    return int(limit) if limit else None
+
+
+def fit_to_positions(prompt: list[int], reply: list[int], limit: int | None) -> tuple[list[int], list[int]]:
+    """Prompt and reply cut so that together they fit `limit` positions: the reply keeps at
+    least half the room when the prompt is long, and the prompt keeps its most recent tokens
+    (as tokenize_prompt cuts). A sequence longer than the model's positions is an index error
+    in GPT-2's position embedding: 384 prompt + 256 reply tokens on the default policy's 512."""
+    if limit is None or len(prompt) + len(reply) <= limit:
+        return prompt, reply
+    reply = reply[: limit - min(len(prompt), limit // 2)]
+    room = limit - len(reply)
+    return (prompt[-room:] if room > 0 else []), reply
+
+
+def build_sequences(tokenizer, demonstrations, config: SFTConfig, limit: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per demonstration; labels are -100 on the prompt. `limit`: the
+    model's position_limit, which prompt + reply are cut to fit (fit_to_positions)."""
     sequences = []
     for messages, reply in demonstrations:
         prompt = tokenize_prompt(tokenizer, messages, config.max_prompt_tokens)
         answer = tokenize_reply(tokenizer, reply, config.max_reply_tokens)
+        prompt, answer = fit_to_positions(prompt, answer, limit)
         sequences.append((prompt + answer, [IGNORE] * len(prompt) + answer))
     return sequences
 
@@ -97,8 +120,9 @@ def train_sft(model, tokenizer, demonstrations, config: SFTConfig, *, val_demons
     rank, world = distributed.rank_and_world()
     bf16 = use_bf16(model_device(model), config.bf16)
     pad_id = tokenizer.pad_token_id
-    train = build_sequences(tokenizer, demonstrations, config)
-    val = build_sequences(tokenizer, val_demonstrations or [], config)
+    limit = position_limit(model)
+    train = build_sequences(tokenizer, demonstrations, config, limit)
+    val = build_sequences(tokenizer, val_demonstrations or [], config, limit)
     reply_tokens = [sum(1 for label in labels[1:] if label != IGNORE) for _, labels in train]
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = steps_per_epoch * config.epochs
