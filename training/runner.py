@@ -56,6 +56,7 @@ from .ml.reward import PRETRAINED_WEIGHT_SCALE, RewardTrainingConfig, backbone_w
 from .ml.reward_model import RewardModel, RewardScorer
 from .ml.rloo import OnlineRLConfig, OnlineRLTrainer, online_rl_defaults_for
 from .ml.sft import SFTConfig, train_sft
+from .ml.text import position_limit
 
 log = logging.getLogger(__name__)
 SERIES_KEYS = {
@@ -258,7 +259,7 @@ def _accuracy_on(version: ModelVersion, examples, config: RewardTrainingConfig, 
         reporter.log(f"could not load the active reward model v{version.number} to compare with: {exc}")
         return None
     model.to(device)
-    accuracy = evaluate(model, tokenize_examples(examples, tokenizer, config), tokenizer.pad_token_id, config)["val_accuracy"]
+    accuracy = evaluate(model, tokenize_examples(examples, tokenizer, config, position_limit(model)), tokenizer.pad_token_id, config)["val_accuracy"]
     reporter.log(f"the active reward model v{version.number} ranks {accuracy:.1%} of these validation pairs right")
     return accuracy
 

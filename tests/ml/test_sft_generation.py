@@ -17,7 +17,8 @@ from training.ml.generation import (
     truncate_after_eos,
 )
 from training.ml.losses import logprobs_from_logits
-from training.ml.sft import IGNORE, SFTConfig, build_sequences, evaluate, fit_to_positions, position_limit, train_sft
+from training.ml.sft import IGNORE, SFTConfig, build_sequences, evaluate, train_sft
+from training.ml.text import fit_example, fit_to_positions, position_limit, prompt_room
 from training.ml.synthetic import sentence
 
 import random
@@ -38,8 +39,11 @@ def test_fit_to_positions_cuts_the_oldest_prompt_tokens_then_the_reply():
     assert fit_to_positions([1, 2, 3], [4, 5], 8) == ([1, 2, 3], [4, 5])  # fits: unchanged
     assert fit_to_positions([1, 2, 3], [4, 5], None) == ([1, 2, 3], [4, 5])
     assert fit_to_positions(list(range(10)), [20, 21], 6) == ([6, 7, 8, 9], [20, 21])  # the prompt's most recent tokens
-    assert fit_to_positions(list(range(10)), list(range(20, 30)), 6) == ([7, 8, 9], [20, 21, 22])  # half each
-    assert fit_to_positions([1], list(range(20, 30)), 6) == ([1], [20, 21, 22, 23, 24])  # a short prompt stays whole
+    assert fit_to_positions(list(range(10)), list(range(20, 30)), 6) == ([7, 8, 9], [20, 21, 29])  # half each; the end token stays
+    assert fit_to_positions([1], list(range(20, 30)), 6) == ([1], [20, 21, 22, 23, 29])  # a short prompt stays whole
+    prompt, replies = fit_example(list(range(10)), [[20, 21], list(range(30, 40))], 6)
+    assert prompt == [7, 8, 9] and replies == [[20, 21], [30, 31, 39]]  # every reply fits after the prompt
+    assert prompt_room(512, 384, 128) == 384 and prompt_room(256, 384, 128) == 128 and prompt_room(None, 384, 128) == 384
 
 
 def test_sft_on_demonstrations_longer_than_the_models_positions(tiny_policy_dir):
@@ -57,7 +61,8 @@ def test_sft_on_demonstrations_longer_than_the_models_positions(tiny_policy_dir)
         assert len(ids) == limit and len(reply) >= limit // 2
         prompt = ids[: len(ids) - len(reply)]
         full_prompt = full[: len(full) - sum(1 for t in full_labels if t != IGNORE)]
-        assert prompt == full_prompt[-len(prompt):] and reply == [t for t in full_labels if t != IGNORE][: len(reply)]
+        full_reply = [t for t in full_labels if t != IGNORE]
+        assert prompt == full_prompt[-len(prompt):] and reply == full_reply[: len(reply) - 1] + full_reply[-1:]
     metrics = train_sft(model, tokenizer, long, config, val_demonstrations=long)
     assert math.isfinite(metrics["val_loss"])
 

@@ -128,7 +128,7 @@ from .losses import warmup_cosine
 from .reward import clearly_worse, early_stopping_split
 from .reward_model import DECODER_ONLY_TYPES
 from .tail import last_layer_tail
-from .text import tokenize_prompt, tokenize_reply
+from .text import fit_example, position_limit, tokenize_prompt, tokenize_reply
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -476,17 +476,20 @@ class DPOExample:
         return len(self.prompt) + sum(len(r) for r in self.replies)
 
 
-def tokenize_examples(examples: list[PreferenceExample], tokenizer, config: DPOConfig) -> list[DPOExample]:
-    """Examples with at least one pair (ties are left out); margins kept only with use_margin."""
+def tokenize_examples(examples: list[PreferenceExample], tokenizer, config: DPOConfig, limit: int | None = None) -> list[DPOExample]:
+    """Examples with at least one pair (ties are left out); margins kept only with use_margin.
+    `limit`: the policy's positions (text.position_limit), which the prompt and its longest
+    reply are cut to fit (text.fit_example)."""
     out = []
     for e in examples:
         if not e.pairs:
             continue
-        out.append(DPOExample(
-            prompt=tokenize_prompt(tokenizer, e.messages, config.max_prompt_tokens),
-            replies=[tokenize_reply(tokenizer, reply, config.max_reply_tokens) for reply in e.replies],
-            pairs=[(a, b, float(m) if config.use_margin else 0.0) for a, b, m in e.pairs],
-        ))
+        prompt, replies = fit_example(
+            tokenize_prompt(tokenizer, e.messages, config.max_prompt_tokens),
+            [tokenize_reply(tokenizer, reply, config.max_reply_tokens) for reply in e.replies],
+            limit,
+        )
+        out.append(DPOExample(prompt=prompt, replies=replies, pairs=[(a, b, float(m) if config.use_margin else 0.0) for a, b, m in e.pairs]))
     return out
 
 
@@ -558,9 +561,10 @@ class DPOTrainer:
         self.policy, self.ref_policy, self.tokenizer, self.config, self.hooks = policy, ref_policy, tokenizer, config, hooks
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         fit_examples, es_examples = early_stopping_split(train_examples, config)
-        self.train_data = tokenize_examples(fit_examples, tokenizer, config)
-        self.es_data = tokenize_examples(es_examples, tokenizer, config)
-        self.eval_data = tokenize_examples(eval_examples or [], tokenizer, config)
+        self.limit = position_limit(policy)
+        self.train_data = tokenize_examples(fit_examples, tokenizer, config, self.limit)
+        self.es_data = tokenize_examples(es_examples, tokenizer, config, self.limit)
+        self.eval_data = tokenize_examples(eval_examples or [], tokenizer, config, self.limit)
         if not self.train_data:
             raise ValueError("DPO needs at least one training example with a preference pair (ties and both-bad judgements carry none)")
         if config.batch_size < self.world:
@@ -780,7 +784,7 @@ class DPOTrainer:
         reward margin, pairs. None: the eval_examples given to the trainer. Other examples need
         a reference that still exists (ref_policy, adapters, or no update made yet)."""
         self.compute_reference()
-        data = self.eval_data if examples is None else tokenize_examples(examples, self.tokenizer, self.config)
+        data = self.eval_data if examples is None else tokenize_examples(examples, self.tokenizer, self.config, self.limit)
         self._fill_reference(data)
         return self._measure(data)
 

@@ -17,7 +17,7 @@ from .adapters import adapters_disabled
 from .device import model_device
 from .generation import SamplingConfig, forward_response, generate, pad_left, sample_responses
 from .significance import binomial_p_value
-from .text import tokenize_prompt
+from .text import position_limit, prompt_room, tokenize_prompt
 
 
 @torch.no_grad()
@@ -64,7 +64,8 @@ def sampled_kl(candidate, reference, tokenizer, prompts: list[list[dict]], sampl
     device = model_device(candidate)
     temperature = max(sampling.temperature, 1e-6)
     torch.manual_seed(seed)
-    queries = [tokenize_prompt(tokenizer, messages, sampling.max_prompt_tokens) for messages in prompts]
+    room = prompt_room(position_limit(candidate), sampling.max_prompt_tokens, sampling.max_new_tokens)
+    queries = [tokenize_prompt(tokenizer, messages, room) for messages in prompts]
     total = 0.0
     was_training = candidate.training
     candidate.eval()

@@ -24,7 +24,7 @@ from .device import model_device
 from .losses import logprobs_from_logits
 from .sampling import sample_with_generators
 from .tail import last_layer_tail
-from .text import tokenize_prompt
+from .text import position_limit, prompt_room, tokenize_prompt
 
 
 @dataclass
@@ -147,7 +147,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], config: SamplingConfig
     """n samples per prompt (list of messages), in batches of config.batch_size sequences."""
     model.eval()
     device = model_device(model)
-    queries = [tokenize_prompt(tokenizer, messages, config.max_prompt_tokens) for messages in prompts for _ in range(config.n)]
+    room = prompt_room(position_limit(model), config.max_prompt_tokens, config.max_new_tokens)  # prompt + reply fit the positions
+    queries = [tokenize_prompt(tokenizer, messages, room) for messages in prompts for _ in range(config.n)]
     samples: list[Sample] = []
     for start in range(0, len(queries), config.batch_size):
         query, query_mask = pad_left(queries[start : start + config.batch_size], tokenizer.pad_token_id, device)

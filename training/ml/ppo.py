@@ -81,7 +81,7 @@ from .losses import (
 )
 from .sampling import sample_with_generators
 from .tail import last_layer_tail
-from .text import tokenize_prompt
+from .text import position_limit, prompt_room, tokenize_prompt
 
 RewardFn = Callable[[list[list[dict]], list[str]], torch.Tensor]
 
@@ -250,7 +250,8 @@ class PPOTrainer:
         gradients, kept in self._first_pass for that minibatch to reuse."""
         config, tokenizer, device = self.config, self.tokenizer, self.device
         rows, prompts = self._prompt_batch()
-        queries = [tokenize_prompt(tokenizer, messages, config.max_prompt_tokens) for messages in prompts]
+        room = prompt_room(position_limit(self.policy), config.max_prompt_tokens, config.max_new_tokens)  # prompt + reply fit the positions
+        queries = [tokenize_prompt(tokenizer, messages, room) for messages in prompts]
         query, query_mask = (t.to(device) for t in pad_left(queries, tokenizer.pad_token_id))
         self.policy.eval()
         generators = [row_generator(config.seed, self.step_count, row, device) for row in rows]

@@ -70,7 +70,7 @@ from .data import PreferenceExample, split_by_prompt, step_batches
 from .hooks import NO_HOOKS, TrainerHooks
 from .losses import bradley_terry_loss, tie_loss, warmup_cosine
 from .reward_model import RewardBatch, RewardModel
-from .text import tokenize_prompt, tokenize_reply
+from .text import fit_example, position_limit, tokenize_prompt, tokenize_reply
 
 
 @dataclass
@@ -114,16 +114,18 @@ class TokenizedExample:
         return len(self.prompt) + max(len(r) for r in self.replies)
 
 
-def tokenize_examples(examples: list[PreferenceExample], tokenizer, config: RewardTrainingConfig) -> list[TokenizedExample]:
-    return [
-        TokenizedExample(
-            prompt=tokenize_prompt(tokenizer, e.messages, config.max_prompt_tokens),
-            replies=[tokenize_reply(tokenizer, reply, config.max_reply_tokens) for reply in e.replies],
-            pairs=e.pairs,
-            ties=e.ties,
+def tokenize_examples(examples: list[PreferenceExample], tokenizer, config: RewardTrainingConfig, limit: int | None = None) -> list[TokenizedExample]:
+    """`limit`: the backbone's positions (text.position_limit), which the prompt and its
+    longest reply are cut to fit (text.fit_example)."""
+    out = []
+    for e in examples:
+        prompt, replies = fit_example(
+            tokenize_prompt(tokenizer, e.messages, config.max_prompt_tokens),
+            [tokenize_reply(tokenizer, reply, config.max_reply_tokens) for reply in e.replies],
+            limit,
         )
-        for e in examples
-    ]
+        out.append(TokenizedExample(prompt=prompt, replies=replies, pairs=e.pairs, ties=e.ties))
+    return out
 
 
 def collate(examples: list[TokenizedExample], pad_id: int) -> tuple[RewardBatch, list[tuple[list, list]]]:
@@ -334,9 +336,10 @@ def train_reward_model(
     bf16 = devices.use_bf16(dev, config.bf16)
     pad_id = tokenizer.pad_token_id
     fit_examples, es_examples = early_stopping_split(train_examples, config)
-    train = tokenize_examples(fit_examples, tokenizer, config)
-    held = tokenize_examples(es_examples, tokenizer, config)
-    val = tokenize_examples(val_examples, tokenizer, config)
+    limit = position_limit(model)
+    train = tokenize_examples(fit_examples, tokenizer, config, limit)
+    held = tokenize_examples(es_examples, tokenizer, config, limit)
+    val = tokenize_examples(val_examples, tokenizer, config, limit)
     lengths = [e.length for e in train]
     epochs = config.epochs if config.epochs is not None else auto_epochs(len(train), config)
     steps_per_epoch = math.ceil(len(train) / (config.batch_size * config.grad_accum))
@@ -429,7 +432,7 @@ def train_reward_model(
         with torch.no_grad():
             model.head.weight.div_(temperature)
             model.head.bias.div_(temperature)
-    reference = tokenize_examples(reference_examples, tokenizer, config) if reference_examples else (val or train)
+    reference = tokenize_examples(reference_examples, tokenizer, config, limit) if reference_examples else (val or train)
     model.calibrate(raw_rewards(model, reference, pad_id, bf16=bf16))
     final = {
         "steps": step,

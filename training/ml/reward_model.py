@@ -36,7 +36,7 @@ from .adapters import AdapterConfig, default_save_mode, gradient_checkpointing_o
 from .checkpoint import fuse_gelu, load_backbone, write_atomically
 from .device import model_device, to_device
 from .generation import no_cache
-from .text import tokenize_prompt, tokenize_reply
+from .text import position_limit, prompt_room, tokenize_prompt, tokenize_reply
 
 # Backbones whose attention is causal, so a prompt's KV cache can be shared by its replies.
 DECODER_ONLY_TYPES = {
@@ -202,6 +202,9 @@ class RewardScorer:
 
     def __init__(self, model: RewardModel, tokenizer, *, max_prompt_tokens: int = 384, max_reply_tokens: int = 128, batch_size: int = 32):
         self.model, self.tokenizer = model.eval(), tokenizer
+        limit = position_limit(model)  # every prompt + reply fits the backbone's positions
+        max_reply_tokens = max_reply_tokens if limit is None else max(1, min(max_reply_tokens, limit - 1))
+        max_prompt_tokens = prompt_room(limit, max_prompt_tokens, max_reply_tokens)
         self._prompt = lambda messages: tokenize_prompt(tokenizer, messages, max_prompt_tokens)
         self._reply = lambda text: tokenize_reply(tokenizer, text, max_reply_tokens)
         self.batch_size = batch_size

@@ -133,7 +133,7 @@ from .hooks import NO_HOOKS, TrainerHooks
 from .losses import entropy_from_logits, kl_k1, kl_k3, logprobs_from_logits
 from .ppo import RewardFn, adamw
 from .sampling import draw_tokens
-from .text import tokenize_prompt
+from .text import position_limit, prompt_room, tokenize_prompt
 
 ALGORITHMS = ("rloo", "grpo")
 LOSS_TYPES = ("sequence", "token", "sequence_mean")
@@ -485,7 +485,8 @@ class OnlineRLTrainer:
         groups, group_prompts = self._prompt_batch()
         rows = [g * k + j for g in groups for j in range(k)]
         prompts = [messages for messages in group_prompts for _ in range(k)]
-        queries = [tokenize_prompt(tokenizer, messages, config.max_prompt_tokens) for messages in group_prompts]
+        room = prompt_room(position_limit(self.policy), config.max_prompt_tokens, config.max_new_tokens)  # prompt + reply fit the positions
+        queries = [tokenize_prompt(tokenizer, messages, room) for messages in group_prompts]
         query, query_mask = pad_left(queries, tokenizer.pad_token_id, device)
         prompt_index = torch.arange(len(groups), device=device).repeat_interleave(k)
         generators = [sample_generator(config.seed, self.step_count, g, j, device) for g in groups for j in range(k)]

@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .adapters import unwrap
 from .device import autocast, model_device, to_device, use_bf16
 from .generation import no_cache
 from .hooks import NO_HOOKS, TrainerHooks
 from .losses import warmup_cosine
-from .text import tokenize_prompt, tokenize_reply
+from .text import fit_to_positions, position_limit, tokenize_prompt, tokenize_reply
 
 IGNORE = -100
 
@@ -39,26 +38,6 @@ class SFTConfig:
     val_fraction: float = 0.0
     bf16: bool | None = None  # bf16 autocast; None: on for GPUs that support it
     seed: int = 0
-
-
-def position_limit(model) -> int | None:
-    """The longest sequence the model's position embeddings cover (GPT-2's n_positions; None
-    when the config names no limit)."""
-    config = unwrap(model).config
-    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    return int(limit) if limit else None
-
-
-def fit_to_positions(prompt: list[int], reply: list[int], limit: int | None) -> tuple[list[int], list[int]]:
-    """Prompt and reply cut so that together they fit `limit` positions: the reply keeps at
-    least half the room when the prompt is long, and the prompt keeps its most recent tokens
-    (as tokenize_prompt cuts). A sequence longer than the model's positions is an index error
-    in GPT-2's position embedding: 384 prompt + 256 reply tokens on the default policy's 512."""
-    if limit is None or len(prompt) + len(reply) <= limit:
-        return prompt, reply
-    reply = reply[: limit - min(len(prompt), limit // 2)]
-    room = limit - len(reply)
-    return (prompt[-room:] if room > 0 else []), reply
 
 
 def build_sequences(tokenizer, demonstrations, config: SFTConfig, limit: int | None = None) -> list[tuple[list[int], list[int]]]:

@@ -52,3 +52,47 @@ def tokenize_reply(tokenizer, reply: str, max_tokens: int) -> list[int]:
     """Reply tokens ending with the end token (EOS / SEP), truncated to `max_tokens`."""
     ids = tokenizer(render_reply(reply, tokenizer), add_special_tokens=False)["input_ids"][: max_tokens - 1]
     return ids + [end_token_id(tokenizer)]
+
+
+def position_limit(model) -> int | None:
+    """The longest sequence the model's position embeddings cover (GPT-2's n_positions, BERT's
+    and Llama's max_position_embeddings; None when the config names no limit). Any wrapper
+    (LoRA, our RewardModel) is looked through to the transformers model's config."""
+    for owner in (model, getattr(model, "backbone", None)):
+        config = getattr(owner, "config", None)
+        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return None
+
+
+def fit_to_positions(prompt: list[int], reply: list[int], limit: int | None) -> tuple[list[int], list[int]]:
+    """Prompt and reply cut so that together they fit `limit` positions: the reply keeps at
+    least half the room when the prompt is long, and its last token (the end token that
+    tokenize_reply puts there); the prompt keeps its most recent tokens (as tokenize_prompt
+    cuts). A sequence longer than the model's positions is an index error in GPT-2's position
+    embedding: 384 prompt + 256 reply tokens on the default policy's 512."""
+    if limit is None or len(prompt) + len(reply) <= limit:
+        return prompt, reply
+    reply = cut_reply(reply, limit - min(len(prompt), limit // 2))
+    room = limit - len(reply)
+    return (prompt[-room:] if room > 0 else []), reply
+
+
+def cut_reply(reply: list[int], length: int) -> list[int]:
+    """The first length - 1 tokens and the last one (the end token)."""
+    return reply if len(reply) <= length else reply[: max(length - 1, 0)] + reply[-1:]
+
+
+def fit_example(prompt: list[int], replies: list[list[int]], limit: int | None) -> tuple[list[int], list[list[int]]]:
+    """A prompt and the replies that each follow it, cut as fit_to_positions cuts the longest."""
+    if limit is None or not replies:
+        return prompt, replies
+    longest = max(replies, key=len)
+    prompt, kept = fit_to_positions(prompt, longest, limit)
+    return prompt, [cut_reply(reply, len(kept)) for reply in replies]
+
+
+def prompt_room(limit: int | None, max_prompt_tokens: int, new_tokens: int) -> int:
+    """How many prompt tokens to keep so that `new_tokens` sampled ones still fit the positions."""
+    return max_prompt_tokens if limit is None else max(1, min(max_prompt_tokens, limit - new_tokens))
