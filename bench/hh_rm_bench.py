@@ -91,22 +91,31 @@ def setup(workdir: Path, backbone: str, data: Path, threads: int) -> dict:
     return {"imported": imported, "setup_seconds": round(time.perf_counter() - started, 1)}
 
 
-def train_dpo(workdir: Path, seed: int, extra: dict, threads: int) -> dict:
-    """`start_run dpo` with the defaults (only the seed, plus --config), executed here."""
-    django_setup(workdir, "policy", threads)
-    from labeling.models import Project
+def run_here(project, kind: str, config: dict):
+    """start_run (not queued) and execute it in this process: (the finished run, wall seconds)."""
     from training import runner, services
-    from training.models import ModelVersion, RunStatus, TrainingRun
+    from training.models import RunStatus, TrainingRun
 
-    project = Project.objects.get(name=PROJECT)
-    config = {**extra, "dpo": {"seed": seed, **(extra.get("dpo") or {})}}
-    run = services.start_run(project=project, kind="dpo", config=config, enqueue=False)
+    run = services.start_run(project=project, kind=kind, config=config, enqueue=False)
     started = time.perf_counter()
     runner.execute(run.pk)
     wall = time.perf_counter() - started
     run = TrainingRun.objects.get(pk=run.pk)
     if run.status != RunStatus.SUCCEEDED:
         raise SystemExit(f"run {run.pk} {run.status}: {run.error}")
+    return run, wall
+
+
+def train_dpo(workdir: Path, seed: int, extra: dict, threads: int) -> dict:
+    """`start_run dpo` with the defaults (only the seed, plus --config), executed here."""
+    django_setup(workdir, "policy", threads)
+    from labeling.models import Project
+    from training import services
+    from training.models import ModelVersion
+
+    project = Project.objects.get(name=PROJECT)
+    config = {**extra, "dpo": {"seed": seed, **(extra.get("dpo") or {})}}
+    run, wall = run_here(project, "dpo", config)
     m = run.metrics
     version = ModelVersion.objects.filter(produced_by=run).order_by("-pk").first()
     promoted = version is not None and version.status == "active"
@@ -130,12 +139,11 @@ def train(workdir: Path, backbone: str, seed: int, dump: Path | None, threads: i
     """`start_run reward` with the defaults (only the seed), executed here; plus the --dump of its split."""
     django_setup(workdir, backbone, threads)
     from labeling.models import Project
-    from training import runner, selectors, services
+    from training import selectors
     from training.defaults import reward_backbone_dir
     from training.ml.checkpoint import load_tokenizer
     from training.ml.data import build_examples, split_by_prompt
     from training.ml.text import render_prompt, render_reply
-    from training.models import RunStatus, TrainingRun
 
     project = Project.objects.get(name=PROJECT)
     if dump is not None:  # the split stage_reward makes for this seed, for the TRL side
@@ -157,13 +165,7 @@ def train(workdir: Path, backbone: str, seed: int, dump: Path | None, threads: i
                             "rejected": render_reply(e.replies[worse], tokenizer),
                         }) + "\n")
 
-    run = services.start_run(project=project, kind="reward", config={"reward": {"seed": seed}}, enqueue=False)
-    started = time.perf_counter()
-    runner.execute(run.pk)
-    wall = time.perf_counter() - started
-    run = TrainingRun.objects.get(pk=run.pk)
-    if run.status != RunStatus.SUCCEEDED:
-        raise SystemExit(f"run {run.pk} {run.status}: {run.error}")
+    run, wall = run_here(project, "reward", {"reward": {"seed": seed}})
     m = run.metrics
     rounded = lambda key, digits=4: None if m.get(key) is None else round(m[key], digits)  # noqa: E731
     return {
