@@ -10,7 +10,7 @@ each (a *group*), scores them, turns the scores into one advantage per reply, an
     tokenized once and its prefill runs once, its KV cache repeated for its k replies
     (`sample_groups`, the decoding loop of sampling.sample_with_generators: temperature,
     top-p, top-k off). Reply j of prompt row g draws from its own generator, seeded by
-    (seed, step, g, j), one uniform number per token (inverse-CDF sampling, `draw_tokens`);
+    (seed, step, g, j), one uniform number per token (inverse-CDF sampling, `sampling.draw_tokens`);
  2. log-probs of the policy and of the frozen reference, logits / temperature, from one
     pass each in which every prompt runs once and its KV cache is indexed out to its
     replies (`group_forward`; differentiable, so the update passes share prompts too): with
@@ -132,7 +132,7 @@ from .generation import decode_responses, forward_response, pad_left, position_i
 from .hooks import NO_HOOKS, TrainerHooks
 from .losses import entropy_from_logits, kl_k1, kl_k3, logprobs_from_logits
 from .ppo import RewardFn, adamw
-from .sampling import draw_tokens
+from .sampling import decode
 from .text import position_limit, prompt_room, tokenize_prompt
 
 ALGORITHMS = ("rloo", "grpo")
@@ -377,10 +377,9 @@ def sample_groups(
     eos_token_id: int, pad_token_id: int, generators: list[torch.Generator],
 ) -> torch.Tensor:
     """(G * k, T) sampled replies, k to each of the G prompts (rows g*k .. g*k + k - 1), reply
-    i drawing from generators[i] (`draw_tokens`): the decoding loop of
-    sampling.sample_with_generators (KV cache, the last position's logits only, pad after
-    EOS, stop when every row has sampled EOS), with each prompt's prefill run once and its
-    cache repeated k times. A reply depends only on its prompt and its generator, not on
+    i drawing from generators[i]: sampling.decode (the loop of
+    sampling.sample_with_generators), with each prompt's prefill run once and its cache
+    repeated k times. A reply depends only on its prompt and its generator, not on
     the batch around it (up to float rounding)."""
     logits, cache, mask = _prompt_pass(model, query, query_mask)
     if hasattr(cache, "batch_repeat_interleave"):
@@ -389,23 +388,10 @@ def sample_groups(
         query, query_mask = query.repeat_interleave(k, 0), query_mask.repeat_interleave(k, 0)
         logits, cache, mask = _prompt_pass(model, query, query_mask)
         k = 1
-    logits, mask = logits.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
-    next_position = mask.sum(1, keepdim=True)
-    finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
-    tokens = []
-    for _ in range(max_new_tokens):
-        token = draw_tokens(logits, temperature, top_p, generators)
-        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-        tokens.append(token)
-        finished = finished | (token == eos_token_id)
-        if bool(finished.all()) or len(tokens) == max_new_tokens:
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        logits = model(
-            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_position, past_key_values=cache, use_cache=True, logits_to_keep=1,
-        ).logits[:, -1]
-        next_position = next_position + 1
-    return torch.stack(tokens, 1)
+    return decode(
+        model, logits.repeat_interleave(k, 0), cache, mask.repeat_interleave(k, 0), temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id, generators=generators,
+    )
 
 
 # --------------------------------------------------------------------------- the trainer

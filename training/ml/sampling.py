@@ -53,15 +53,28 @@ def sample_with_generators(
     eos_token_id: int, pad_token_id: int, generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """(B, T) sampled reply tokens, T <= max_new_tokens; a row is pad after its first EOS."""
-    batch = query.shape[0]
-    mask = query_mask
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=query, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    positions = (query_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=query, attention_mask=query_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    return decode(
+        model, out.logits[:, -1], out.past_key_values, query_mask, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id, generators=generators,
+    )
+
+
+@torch.no_grad()
+def decode(
+    model, logits: torch.Tensor, cache, mask: torch.Tensor, *, temperature: float, top_p: float, max_new_tokens: int,
+    eos_token_id: int, pad_token_id: int, generators: list[torch.Generator] | None,
+) -> torch.Tensor:
+    """The decoding loop after a prompt pass: from the last prompt position's logits (B, V),
+    the KV cache and the prompts' (B, L) mask, one token per row and step (`draw_tokens`),
+    the last position's logits only, positions following the mask, pad after a row's EOS,
+    stop when every row has sampled EOS. (B, T) tokens, T <= max_new_tokens."""
     next_position = mask.sum(1, keepdim=True)
-    finished = torch.zeros(batch, dtype=torch.bool, device=query.device)
+    finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
     tokens = []
     for _ in range(max_new_tokens):
-        token = draw_tokens(out.logits[:, -1], temperature, top_p, generators)
+        token = draw_tokens(logits, temperature, top_p, generators)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
         finished = finished | (token == eos_token_id)
@@ -69,10 +82,10 @@ def sample_with_generators(
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         out = model(
-            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_position, past_key_values=out.past_key_values,
-            use_cache=True, logits_to_keep=1,
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_position, past_key_values=cache, use_cache=True, logits_to_keep=1,
         )
+        logits, cache = out.logits[:, -1], out.past_key_values
         next_position = next_position + 1
     if not tokens:
-        return torch.full((batch, 1), eos_token_id, dtype=torch.long, device=query.device)
+        return torch.full((mask.shape[0], 1), eos_token_id, dtype=torch.long, device=mask.device)
     return torch.stack(tokens, 1)
