@@ -246,10 +246,18 @@ def roll_back(*, project: Project, kind: str, to: str = "previous") -> ModelVers
     return previous
 
 
-def _against_a_coin(accuracy: float, pairs: int) -> tuple[int, float]:
-    """(pairs ranked right, one-sided binomial p-value of doing that well by chance)."""
+def _against_a_coin(accuracy: float | None, pairs: int, alpha: float, *, ranked: str, learned: str, no_pairs: str) -> tuple[str | None, int, float]:
+    """The first test of the reward-model and DPO gates: (why it fails, or None; pairs ranked
+    right; one-sided binomial p-value of doing that well by chance). `ranked` is the sentence
+    of what it did, with {correct}, {pairs} and {accuracy}; `learned`, what it did not show."""
+    if accuracy is None or not pairs:
+        return no_pairs, 0, 1.0
     correct = round(accuracy * pairs)
-    return correct, binomial_p_value(correct, pairs)
+    p_value = binomial_p_value(correct, pairs)
+    if p_value < alpha:
+        return None, correct, p_value
+    done = ranked.format(correct=correct, pairs=pairs, accuracy=accuracy)
+    return f"{done}; a coin does that often (binomial p = {p_value:.3g}, needs < {alpha}), so it has not shown that it learned {learned}", correct, p_value
 
 
 def promotion_decision(*, kind: str, metrics: dict, project: Project) -> tuple[bool, str]:
@@ -278,14 +286,12 @@ def promotion_decision(*, kind: str, metrics: dict, project: Project) -> tuple[b
         if trained_on < rules.reward_min_judgements:
             return False, f"trained on only {trained_on} judgements; at least {rules.reward_min_judgements} are needed before a reward model can be trusted"
         accuracy, pairs = metrics.get("val_accuracy"), metrics.get("val_pairs") or 0
-        if accuracy is None or not pairs:
-            return False, "no held-out validation pairs to test it on (too few judgements to hold some out)"
-        correct, p_value = _against_a_coin(accuracy, pairs)
-        if p_value >= alpha:
-            return False, (
-                f"it ranked {correct} of {pairs} held-out pairs correctly ({accuracy:.1%}); a coin does that often "
-                f"(binomial p = {p_value:.3g}, needs < {alpha}), so it has not shown that it learned anything"
-            )
+        refusal, correct, p_value = _against_a_coin(
+            accuracy, pairs, alpha, ranked="it ranked {correct} of {pairs} held-out pairs correctly ({accuracy:.1%})", learned="anything",
+            no_pairs="no held-out validation pairs to test it on (too few judgements to hold some out)",
+        )
+        if refusal:
+            return False, refusal
         if accuracy < rules.reward_min_accuracy:
             return False, f"validation accuracy {accuracy:.1%} is below the floor {rules.reward_min_accuracy:.1%}"
         active_accuracy = metrics.get("active_val_accuracy")
@@ -299,14 +305,12 @@ def promotion_decision(*, kind: str, metrics: dict, project: Project) -> tuple[b
     if kind == "policy" and metrics.get("algorithm") == "dpo":
         kl = metrics.get("kl")
         accuracy, pairs = metrics.get("dpo_val_accuracy"), metrics.get("dpo_val_pairs") or 0
-        if accuracy is None or not pairs:
-            return False, "no held-out judgements to test it on (too few judgements to hold some out)"
-        correct, p_value = _against_a_coin(accuracy, pairs)
-        if p_value >= alpha:
-            return False, (
-                f"its implicit reward ranked {correct} of {pairs} held-out pairs as people did ({accuracy:.1%}); a coin does that often "
-                f"(binomial p = {p_value:.3g}, needs < {alpha}), so it has not shown that it learned people's preferences"
-            )
+        refusal, correct, p_value = _against_a_coin(
+            accuracy, pairs, alpha, ranked="its implicit reward ranked {correct} of {pairs} held-out pairs as people did ({accuracy:.1%})",
+            learned="people's preferences", no_pairs="no held-out judgements to test it on (too few judgements to hold some out)",
+        )
+        if refusal:
+            return False, refusal
         if kl is None or kl > rules.ppo_max_kl:
             return False, f"its KL to the reference on its own samples, {kl if kl is None else round(kl, 3)}, is above the bound {rules.ppo_max_kl}"
         return True, f"{correct} of {pairs} held-out pairs ranked as people did ({accuracy:.1%}, binomial p = {p_value:.2g}); KL {kl:.3f} within {rules.ppo_max_kl}"

@@ -173,6 +173,17 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     return final
 
 
+def run_steps(trainer, total_steps: int, *, checkpoint_path=None, checkpoint_every: int = 0) -> dict:
+    """trainer.step() until trainer.step_count reaches total_steps; every `checkpoint_every`
+    steps rank 0 writes trainer.state_dict() (save_state_atomically). The last step's metrics."""
+    metrics: dict = {}
+    while trainer.step_count < total_steps:
+        metrics = trainer.step()
+        if checkpoint_path and checkpoint_every and trainer.step_count % checkpoint_every == 0 and distributed.is_main_process():
+            save_state_atomically(trainer.state_dict(), checkpoint_path)
+    return metrics
+
+
 def save_state_atomically(state: dict, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file, then rename (resumable training state)."""
     final = Path(path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -115,35 +116,53 @@ def cmd_sft(args) -> dict:
     return metrics
 
 
-def cmd_ppo(args) -> dict:
-    from .checkpoint import load_policy, save_policy
-    from .ppo import PPOConfig, PPOTrainer, ValueModel
+def _policy_and_reference(args):
+    """(policy with the run's adapters, its frozen reference, tokenizer), on the device; the
+    reference is None with LoRA (the policy with its adapters off)."""
+    from .checkpoint import load_policy
+
+    policy, tokenizer = load_policy(args.policy)
+    policy = prepare_model(policy, args.adapters, task="causal").to(args.torch_device)
+    reference = None if args.adapters.lora else load_policy(args.policy)[0].to(args.torch_device)
+    return policy, reference, tokenizer
+
+
+def _scorer_and_prompts(args):
+    """The reward model as a scorer on the device, and the training prompts."""
     from .reward_model import RewardModel, RewardScorer
 
-    config = _config(PPOConfig, args.config)
-    device = args.torch_device
-    adapters = args.adapters
-    policy, tokenizer = load_policy(args.policy)
-    policy = prepare_model(policy, adapters, task="causal")
-    ref_policy = None if adapters.lora else load_policy(args.policy)[0]  # with LoRA: the policy, adapters off
-    value_model = ValueModel.from_policy_folder(args.policy)
-    value_model.backbone = prepare_model(value_model.backbone, adapters, task="feature")
     reward_model, reward_tokenizer = RewardModel.from_pretrained(args.reward_model)
-    for model in (policy, ref_policy, value_model, reward_model):
-        if model is not None:
-            model.to(device)
-    prompts = [_messages(r) for r in _read_jsonl(args.prompts)]
-    trainer = PPOTrainer(policy, ref_policy, value_model, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config, hooks=args.hooks)
+    return RewardScorer(reward_model.to(args.torch_device), reward_tokenizer), [_messages(r) for r in _read_jsonl(args.prompts)]
+
+
+def _train_policy(trainer, policy, tokenizer, args) -> dict:
+    """Resume when asked, train (writing the resumable state as asked), save the policy (rank
+    0): the tail of the ppo, dpo, rloo and grpo commands."""
+    from .checkpoint import save_policy
+
     if args.resume:
-        trainer.load_state_dict(torch.load(args.resume, weights_only=False, map_location=device))
+        trainer.load_state_dict(torch.load(args.resume, weights_only=False, map_location=args.torch_device))
     metrics = trainer.train(checkpoint_path=args.state, checkpoint_every=args.checkpoint_every)
     if args.out and distributed.is_main_process():
-        save_policy(policy, tokenizer, args.out, mode=adapters.save)
+        save_policy(policy, tokenizer, args.out, mode=args.adapters.save)
     return {**metrics, "history": trainer.history}
 
 
+def cmd_ppo(args) -> dict:
+    from .ppo import PPOConfig, PPOTrainer, ValueModel
+
+    config = _config(PPOConfig, args.config)
+    policy, ref_policy, tokenizer = _policy_and_reference(args)
+    value_model = ValueModel.from_policy_folder(args.policy)
+    value_model.backbone = prepare_model(value_model.backbone, args.adapters, task="feature")
+    value_model.to(args.torch_device)
+    scorer, prompts = _scorer_and_prompts(args)
+    trainer = PPOTrainer(policy, ref_policy, value_model, tokenizer, scorer, prompts, config, hooks=args.hooks)
+    return _train_policy(trainer, policy, tokenizer, args)
+
+
 def cmd_dpo(args) -> dict:
-    from .checkpoint import load_policy, save_policy
+    from .checkpoint import load_policy
     from .data import build_examples, judgements_from_raw_export, split_by_prompt
     from .dpo import DPOConfig, DPOTrainer
 
@@ -156,38 +175,19 @@ def cmd_dpo(args) -> dict:
     policy, tokenizer = load_policy(args.policy)
     policy = prepare_model(policy, args.adapters, task="causal").to(args.torch_device)
     trainer = DPOTrainer(policy, tokenizer, train, config, eval_examples=val, hooks=args.hooks)
-    if args.resume:
-        trainer.load_state_dict(torch.load(args.resume, weights_only=False, map_location=args.torch_device))
-    metrics = trainer.train(checkpoint_path=args.state, checkpoint_every=args.checkpoint_every)
-    if args.out and distributed.is_main_process():
-        save_policy(policy, tokenizer, args.out, mode=args.adapters.save)
-    return {**metrics, "history": trainer.history}
+    return _train_policy(trainer, policy, tokenizer, args)
 
 
 def cmd_online_rl(args) -> dict:
     """rloo or grpo: the same trainer (rloo.py), the algorithm from the command."""
-    from .checkpoint import load_policy, save_policy
-    from .reward_model import RewardModel, RewardScorer
     from .rloo import OnlineRLConfig, OnlineRLTrainer
 
     values = json.loads(args.config) if args.config else {}
     config = _config(OnlineRLConfig, json.dumps({**values, "algorithm": args.command}))
-    device, adapters = args.torch_device, args.adapters
-    policy, tokenizer = load_policy(args.policy)
-    policy = prepare_model(policy, adapters, task="causal")
-    ref_policy = None if adapters.lora else load_policy(args.policy)[0]
-    reward_model, reward_tokenizer = RewardModel.from_pretrained(args.reward_model)
-    for model in (policy, ref_policy, reward_model):
-        if model is not None:
-            model.to(device)
-    prompts = [_messages(r) for r in _read_jsonl(args.prompts)]
-    trainer = OnlineRLTrainer(policy, ref_policy, tokenizer, RewardScorer(reward_model, reward_tokenizer), prompts, config, hooks=args.hooks)
-    if args.resume:
-        trainer.load_state_dict(torch.load(args.resume, weights_only=False, map_location=device))
-    metrics = trainer.train(checkpoint_path=args.state, checkpoint_every=args.checkpoint_every)
-    if args.out and distributed.is_main_process():
-        save_policy(policy, tokenizer, args.out, mode=adapters.save)
-    return {**metrics, "history": trainer.history}
+    policy, ref_policy, tokenizer = _policy_and_reference(args)
+    scorer, prompts = _scorer_and_prompts(args)
+    trainer = OnlineRLTrainer(policy, ref_policy, tokenizer, scorer, prompts, config, hooks=args.hooks)
+    return _train_policy(trainer, policy, tokenizer, args)
 
 
 def cmd_generate(args) -> dict:
@@ -308,4 +308,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if distributed.launched_by_torchrun():
+        # A rank that finished (metrics, state and model written, process group destroyed)
+        # leaves without interpreter finalization: tearing down torch's and gloo's native threads
+        # there now and then aborted a rank ("terminate called without an active exception",
+        # then SIGSEGV) after its work was done, and torchrun then failed the whole run. Errors
+        # raised by main() never get here: they exit through Python as usual, with their traceback.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

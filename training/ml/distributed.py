@@ -21,7 +21,7 @@ def init_from_env(backend: str | None = None, device: torch.device | None = None
 
     The backend follows the device the trainers use: nccl for CUDA, gloo for CPU.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    if not launched_by_torchrun() or dist.is_initialized():
         return dist.is_initialized()
     if backend is None:
         on_gpu = device.type == "cuda" if device is not None else torch.cuda.is_available()
@@ -34,6 +34,10 @@ def _collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def shutdown() -> None:

@@ -65,7 +65,7 @@ from torch import nn
 
 from . import distributed
 from .adapters import adapters_disabled, has_adapters
-from .checkpoint import prepare_for_training, load_backbone, save_state_atomically
+from .checkpoint import load_backbone, prepare_for_training, run_steps
 from .device import autocast, model_device, use_bf16
 from .generation import decode_responses, forward_response, no_cache, pad_left, position_ids, truncate_after_eos
 from .hooks import NO_HOOKS, TrainerHooks
@@ -449,12 +449,7 @@ class PPOTrainer:
 
     def train(self, *, checkpoint_path=None, checkpoint_every: int = 0) -> dict:
         """Run the remaining steps; optionally write a resumable state every N steps (rank 0)."""
-        metrics: dict = {}
-        while self.step_count < self.config.steps:
-            metrics = self.step()
-            if checkpoint_path and checkpoint_every and self.step_count % checkpoint_every == 0 and distributed.is_main_process():
-                save_state_atomically(self.state_dict(), checkpoint_path)
-        return metrics
+        return run_steps(self, self.config.steps, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every)
 
     # ----------------------------------------------------------------------- resume
 

@@ -126,7 +126,7 @@ import torch
 
 from . import distributed
 from .adapters import adapters_disabled, gradient_checkpointing_on, has_adapters
-from .checkpoint import prepare_for_training, save_state_atomically
+from .checkpoint import prepare_for_training, run_steps
 from .device import autocast, model_device, use_bf16
 from .generation import decode_responses, forward_response, pad_left, position_ids, truncate_after_eos
 from .hooks import NO_HOOKS, TrainerHooks
@@ -677,12 +677,7 @@ class OnlineRLTrainer:
 
     def train(self, *, checkpoint_path=None, checkpoint_every: int = 0) -> dict:
         """Run the remaining steps; optionally write a resumable state every N steps (rank 0)."""
-        metrics: dict = {}
-        while self.step_count < self.config.steps:
-            metrics = self.step()
-            if checkpoint_path and checkpoint_every and self.step_count % checkpoint_every == 0 and distributed.is_main_process():
-                save_state_atomically(self.state_dict(), checkpoint_path)
-        return metrics
+        return run_steps(self, self.config.steps, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every)
 
     # ----------------------------------------------------------------------- resume
 
