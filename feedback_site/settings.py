@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "axes",
+    "inference",
     "labeling",
     "training",
 ]
@@ -255,6 +256,14 @@ TRAINING_HEARTBEAT_SECONDS = int(os.environ.get("TRAINING_HEARTBEAT_SECONDS", "1
 # A queued run no worker has claimed this long after it was sent is sent again by the reaper
 # (the broker may have lost the message, e.g. Redis restarted); the worker runs a run once.
 TRAINING_QUEUED_RESEND_SECONDS = int(os.environ.get("TRAINING_QUEUED_RESEND_SECONDS", "300"))
+
+# Model endpoints (inference/): the policy server that serves the app's own policies over the
+# OpenAI protocol (`manage.py serve_policies`; `make run` starts it), and the secret(s) that
+# encrypt endpoint API keys at rest (comma separated, the first encrypts; default: derived
+# from SECRET_KEY). ENDPOINT_MAX_REPLY_CHARS: a longer reply is an error, not stored.
+POLICY_SERVER_URL = os.environ.get("POLICY_SERVER_URL", "http://127.0.0.1:8001/v1")
+ENDPOINT_KEY_SECRETS = env_list("ENDPOINT_KEY_SECRET", "")
+ENDPOINT_MAX_REPLY_CHARS = int(os.environ.get("ENDPOINT_MAX_REPLY_CHARS", "100000"))
 
 # Labeling limits (see labeling/importing/formats.py).
 IMPORT_MAX_LINE_BYTES = int(os.environ.get("IMPORT_MAX_LINE_BYTES", str(1024 * 1024)))

@@ -1,21 +1,11 @@
 """Domain errors of the labeling app. Each carries the HTTP status it maps to, once,
 in labeling/api/errors.py (API) and labeling/views.py (pages)."""
 
+from feedback_site.errors import DomainError
 
-class LabelingError(Exception):
-    status_code = 400
-    code = "error"
 
-    def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
-
-    def as_dict(self) -> dict:
-        body = {"code": self.code, "detail": self.message}
-        if self.field:
-            body["field"] = self.field
-        return body
+class LabelingError(DomainError):
+    pass
 
 
 class InvalidInput(LabelingError):

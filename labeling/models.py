@@ -180,6 +180,14 @@ class Response(models.Model):
         related_name="responses",
         help_text="The policy version that generated it (never shown to annotators).",
     )
+    endpoint = models.ForeignKey(
+        "inference.ModelEndpoint",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="responses",
+        help_text="The model endpoint that wrote it (never shown to annotators).",
+    )
     generation_params = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -195,6 +203,7 @@ class Response(models.Model):
 class TaskStatus(models.TextChoices):
     OPEN = "open", "open"
     COMPLETE = "complete", "complete"
+    LIVE = "live", "live (judged by the annotator who asked for it)"
     ARCHIVED = "archived", "archived"
 
 
@@ -466,3 +475,84 @@ class AnnotatorPause(models.Model):
 
     def __str__(self) -> str:
         return f"{self.annotator} paused on {self.project}"
+
+
+class LivePairing(models.TextChoices):
+    RANDOM = "random", "a random pair of the chosen endpoints"
+    BALANCED = "balanced", "the pair compared least so far"
+
+
+class ProjectLiveSettings(models.Model):
+    """Per project: the live chat-and-compare page (labeling/live.py). An annotator writes a
+    message, two endpoints' replies stream side by side, the judgement is stored like any
+    other and the conversation continues from the chosen reply."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="live_settings")
+    enabled = models.BooleanField(default=False, help_text="annotators see the live page of this project")
+    endpoints = models.ManyToManyField(
+        "inference.ModelEndpoint", blank=True, related_name="live_projects",
+        help_text="where replies come from; with one endpoint both replies are two samples of it",
+    )
+    pairing = models.CharField(max_length=10, choices=LivePairing.choices, default=LivePairing.RANDOM)
+    max_turns = models.PositiveSmallIntegerField(default=5, validators=[MinValueValidator(1), MaxValueValidator(50)],
+                                                 help_text="judged turns per conversation")
+    max_prompt_chars = models.PositiveIntegerField(default=4000, validators=[MinValueValidator(1), MaxValueValidator(100_000)],
+                                                   help_text="longest message an annotator may send")
+    max_tokens = models.PositiveIntegerField(default=512, validators=[MinValueValidator(1), MaxValueValidator(8192)],
+                                             help_text="longest reply asked of an endpoint (tokens)")
+    turns_per_hour = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1), MaxValueValidator(10_000)],
+                                                 help_text="messages (and retries) one annotator may send per hour")
+    reveal_sources = models.BooleanField(default=False, help_text="after the vote, show which endpoint wrote each reply (Chatbot Arena does)")
+
+    def __str__(self) -> str:
+        return f"live settings of {self.project}"
+
+
+class LiveConversation(models.Model):
+    """One annotator's live conversation: the pair of sources is drawn once, when it starts."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="live_conversations")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="live_conversations")
+    source_a = models.ForeignKey("inference.ModelEndpoint", null=True, on_delete=models.SET_NULL, related_name="+")
+    source_b = models.ForeignKey("inference.ModelEndpoint", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "annotator", "closed_at"], name="live_open_idx")]
+
+    def __str__(self) -> str:
+        return f"live conversation {self.pk}"
+
+
+class LiveTurnStatus(models.TextChoices):
+    PENDING = "pending", "waiting for its replies"
+    STREAMING = "streaming", "replies streaming"
+    FAILED = "failed", "a reply failed (retry)"
+    READY = "ready", "waiting for the judgement"
+    JUDGED = "judged", "judged"
+
+
+class LiveTurn(models.Model):
+    """One turn: the conversation so far ending with the annotator's message, and, once both
+    replies arrived whole, the comparison task and the annotator's lease on it. A turn whose
+    replies failed keeps no reply; it can be streamed again."""
+
+    conversation = models.ForeignKey(LiveConversation, on_delete=models.CASCADE, related_name="turns")
+    number = models.PositiveSmallIntegerField()
+    messages = models.JSONField()
+    status = models.CharField(max_length=10, choices=LiveTurnStatus.choices, default=LiveTurnStatus.PENDING)
+    a_on_left = models.BooleanField(default=True, help_text="source A's reply is shown first (drawn per turn)")
+    error = models.CharField(max_length=1000, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    streaming_since = models.DateTimeField(null=True, blank=True)
+    task = models.OneToOneField(ComparisonTask, null=True, blank=True, on_delete=models.SET_NULL, related_name="live_turn")
+    assignment = models.OneToOneField(Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="live_turn")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["conversation", "number"]
+        constraints = [models.UniqueConstraint(fields=["conversation", "number"], name="live_turn_number_unique")]
+
+    def __str__(self) -> str:
+        return f"live turn {self.number} of conversation {self.conversation_id} ({self.status})"

@@ -537,6 +537,7 @@ class GeneratedReply:
     origin: str
     model_version_id: int | None = None
     generation_params: dict | None = None
+    endpoint_id: int | None = None
 
 
 def storable_text(text: str) -> str:
@@ -545,13 +546,17 @@ def storable_text(text: str) -> str:
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace") if any("\ud800" <= c <= "\udfff" for c in text) else text
 
 
-def add_comparison_task(*, prompt: Prompt, replies: list[GeneratedReply], priority: int = 0) -> ComparisonTask | None:
+def add_comparison_task(
+    *, prompt: Prompt, replies: list[GeneratedReply], priority: int = 0, status: str = TaskStatus.OPEN, identity: str = ""
+) -> ComparisonTask | None:
     """A new task comparing these replies to `prompt` (model-generated ones, typically).
 
     Replies are keyed by their text like imported ones; returns None when fewer than two
     distinct non-empty replies remain or the same set of replies is already a task. Model
     output is untrusted: NUL characters and lone surrogates (which a byte-level tokenizer
-    can decode to, and PostgreSQL cannot store) become U+FFFD.
+    can decode to, and PostgreSQL cannot store) become U+FFFD. `identity` makes the task
+    distinct from any other with the same replies (a live turn's task is its own, even when
+    two annotators got the same replies); `status` LIVE keeps it out of the queue.
     """
     distinct: dict[str, GeneratedReply] = {}
     for reply in replies:
@@ -570,13 +575,14 @@ def add_comparison_task(*, prompt: Prompt, replies: list[GeneratedReply], priori
                     "text": text,
                     "origin": reply.origin,
                     "model_version_id": reply.model_version_id,
+                    "endpoint_id": reply.endpoint_id,
                     "generation_params": reply.generation_params or {},
                 },
             )
             responses.append(response)
-        set_hash = response_set_hash(prompt.content_hash, [r.text_hash for r in responses])
+        set_hash = response_set_hash(prompt.content_hash, [r.text_hash for r in responses], identity)
         task, created = ComparisonTask.objects.get_or_create(
-            project=prompt.project, response_set_hash=set_hash, defaults={"prompt": prompt, "priority": priority}
+            project=prompt.project, response_set_hash=set_hash, defaults={"prompt": prompt, "priority": priority, "status": status}
         )
         if not created:
             return None

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from . import selectors, services
 from .exceptions import AnnotatorPaused, AssignmentNotFound, InvalidJudgement, LabelingError, LeaseExpired, NotYourAssignment
-from .models import FLAG_CHOICES, AnnotatorPause, Assignment, ComparisonTask, Judgement, Project, Response, TaskResponse
+from .models import FLAG_CHOICES, AnnotatorPause, Assignment, ComparisonTask, Judgement, Project, ProjectLiveSettings, Response, TaskResponse
 
 LETTERS = "ABCDEFGH"
 STRENGTHS = [(1, "slightly"), (2, "better"), (3, "significantly"), (4, "much better")]
@@ -33,7 +33,9 @@ NOT_OPEN = "This project is not open to you. A labeling admin can assign you to 
 
 @login_required
 def home(request):
-    return render(request, "labeling/home.html", {"progress": selectors.annotator_progress(annotator=request.user)})
+    progress = selectors.annotator_progress(annotator=request.user)
+    live_ids = set(ProjectLiveSettings.objects.filter(enabled=True, project__in=[row["project"].pk for row in progress]).values_list("project_id", flat=True))
+    return render(request, "labeling/home.html", {"progress": progress, "live_ids": live_ids})
 
 
 @login_required

@@ -156,3 +156,41 @@ def tiny_policy_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(autouse=True)
 def two_threads():
     torch.set_num_threads(2)
+
+
+# ----------------------------------------------------------------------------- model servers
+# One `transformers serve` for the whole session (it starts in ~5 s and loads a tiny policy
+# in ~1 s), serving two tiny random-init policies: two "models" for the batch runs and the
+# live page. The fault server misbehaves on purpose (tests/model_servers.py).
+
+
+class PolicyServer:
+    def __init__(self, base_url: str, policies: list):
+        self.base_url, self.policies = base_url, policies
+
+
+@pytest.fixture(scope="session")
+def policy_server(tmp_path_factory, tiny_tokenizer):
+    from dataclasses import replace
+
+    from tests.model_servers import start_policy_server, stop
+
+    root = tmp_path_factory.mktemp("served")
+    policies = []
+    for seed in (1, 2):
+        path = root / f"policy-{seed}"
+        save_new_model(new_policy(tiny_tokenizer, replace(TINY, seed=seed)), tiny_tokenizer, path)
+        policies.append(path)
+    process, base_url = start_policy_server(root, root / "serve.log")
+    try:
+        yield PolicyServer(base_url, policies)
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def fault_server():
+    from tests.model_servers import FaultServer
+
+    with FaultServer(delay=2.0, fails=2) as server:
+        yield server

@@ -59,6 +59,7 @@ class RunKind(models.TextChoices):
     GRPO = "grpo", "GRPO"
     SFT = "sft", "SFT"
     GENERATE = "generate", "generate candidates"
+    ENDPOINTS = "endpoints", "replies from model endpoints"
     CYCLE = "cycle", "full cycle"
 
 

@@ -36,6 +36,12 @@ PLAIN_KEYS = {
     "trigger": ("str", None, None),
     "new_judgements": ("int", 0, 10**12),
     "processes": ("int", 1, 64),
+    # run kind "endpoints" (training/endpoint_runs.py checks them against the database)
+    "endpoints": ("list[int]", None, None),
+    "prompt_ids": ("list[int]", None, None),
+    "pairing": ("str", None, None),
+    "max_tokens": ("int", 1, 32768),
+    "priority": ("int", -1000, 1000),
 }
 INT_RANGE = (0, 10**9)
 FLOAT_LIMIT = 1e9
@@ -66,6 +72,8 @@ def _matches(option: str, value) -> bool:
         return isinstance(value, str)
     if option == "list[str]":
         return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if option == "list[int]":
+        return isinstance(value, list) and all(isinstance(item, int) and not isinstance(item, bool) for item in value)
     if option == "dict":
         return isinstance(value, dict)
     return True  # an annotation this checker does not know: the trainer checks it
@@ -73,7 +81,7 @@ def _matches(option: str, value) -> bool:
 
 def _describe(annotation: str) -> str:
     words = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
-             "None": "null", "list[str]": "a list of strings", "dict": "an object"}
+             "None": "null", "list[str]": "a list of strings", "list[int]": "a list of whole numbers", "dict": "an object"}
     return " or ".join(words.get(option.strip(), option.strip()) for option in annotation.split("|"))
 
 

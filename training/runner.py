@@ -40,6 +40,7 @@ from labeling.services import GeneratedReply, add_comparison_task
 from labeling.quality_filter import JudgementFilter
 
 from . import launcher, selectors, services
+from .endpoint_runs import stage_endpoints
 from .exceptions import TrainingFailed
 from .defaults import default_policy_dir, reward_backbone_dir
 from .models import ModelVersion, RunKind, RunStatus, TrainingRun, VersionKind
@@ -580,6 +581,7 @@ STAGES = {
     RunKind.SFT: stage_sft,
     RunKind.GENERATE: stage_generate,
     RunKind.CYCLE: stage_cycle,
+    RunKind.ENDPOINTS: stage_endpoints,
 }
 
 

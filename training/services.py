@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from labeling.models import Judgement, JudgementSource, Project
 
+from .endpoints import sync_after_commit
 from .exceptions import InvalidTrainingRequest, RunAlreadyActive, RunNotCancellable, VersionNotPromotable
 from .ml.significance import binomial_p_value
 from .run_config import PLAIN_KEYS, STAGE_CLASSES, config_problems
@@ -70,6 +71,10 @@ def start_run(*, project: Project, kind: str, config: dict | None = None, reques
     if kind not in RunKind.values:
         raise InvalidTrainingRequest(f"must be one of {', '.join(RunKind.values)}", field="kind")
     config = validate_run_config(config)
+    if kind == RunKind.ENDPOINTS:
+        from .endpoint_runs import check_request
+
+        check_request(project, config)
     try:
         with transaction.atomic():
             run = TrainingRun.objects.create(
@@ -90,11 +95,14 @@ def start_run(*, project: Project, kind: str, config: dict | None = None, reques
 
 
 def enqueue_run(run_id: int) -> None:
-    """Send the run to the broker; if the broker is unreachable the run fails visibly."""
+    """Send the run to the broker; if the broker is unreachable the run fails visibly.
+    Training goes to the `training` queue (the GPU workers); a run of kind "endpoints" only
+    waits on HTTP and goes to `default`, so that it never queues behind a training run."""
     from .tasks import run_training
 
+    kind = TrainingRun.objects.filter(pk=run_id).values_list("kind", flat=True).first()
     try:
-        result = run_training.apply_async(args=[run_id], queue="training", retry=False)
+        result = run_training.apply_async(args=[run_id], queue="default" if kind == RunKind.ENDPOINTS else "training", retry=False)
     except Exception as exc:  # noqa: BLE001 - any broker error must end up on the run
         log.exception("could not enqueue run %s", run_id)
         TrainingRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
@@ -197,6 +205,8 @@ def promote_version(*, version: ModelVersion, note: str = "") -> ModelVersion:
         if note:
             version.promotion_note = note
         version.save(update_fields=["status", "promoted_at", "promotion_note"])
+        if version.kind == VersionKind.POLICY:
+            sync_after_commit(version.project)
     return version
 
 
@@ -218,6 +228,8 @@ def roll_back(*, project: Project, kind: str, to: str = "previous") -> ModelVers
     if to == "builtin" and not has_builtin:
         raise InvalidTrainingRequest(f"only a policy has a built-in default; a {kind} can only go back to its previous version", field="to")
     with transaction.atomic():
+        if kind == VersionKind.POLICY:
+            sync_after_commit(project)
         # lock the project row: two roll backs at once must not both step back from the same version
         Project.objects.select_for_update().filter(pk=project.pk).first()
         current = ModelVersion.objects.select_for_update().filter(project=project, kind=kind, status=VersionStatus.ACTIVE).first()

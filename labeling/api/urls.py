@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import endpoints, views
 
 router = SimpleRouter()
 router.register("projects", views.ProjectViewSet, basename="project")
@@ -17,5 +17,9 @@ urlpatterns = [
     path("tasks/", views.TaskListView.as_view(), name="api-tasks"),
     path("judgements/", views.JudgementListView.as_view(), name="api-judgements"),
     path("annotators/stats/", views.AnnotatorStatsView.as_view(), name="api-annotator-stats"),
+    path("endpoints/", endpoints.EndpointListView.as_view(), name="api-endpoints"),
+    path("endpoints/<int:pk>/", endpoints.EndpointDetailView.as_view(), name="api-endpoint"),
+    path("endpoints/<int:pk>/test/", endpoints.EndpointTestView.as_view(), name="api-endpoint-test"),
+    path("projects/<int:project_id>/live-settings/", endpoints.LiveSettingsView.as_view(), name="api-live-settings"),
     *router.urls,
 ]

@@ -36,7 +36,7 @@ def project_counts(project_ids: list[int], now=None) -> dict[int, dict]:
     Two grouped queries whatever the number of projects."""
     now = now or timezone.now()
     live_lease = Assignment.objects.filter(task=OuterRef("pk"), state=AssignmentState.LEASED, expires_at__gt=now)
-    regular = Q(is_gold=False) & ~Q(status=TaskStatus.ARCHIVED)
+    regular = Q(is_gold=False) & ~Q(status__in=[TaskStatus.ARCHIVED, TaskStatus.LIVE])  # live turns: their annotator's own
     started = Q(judgement_count__gt=0) | Q(live=True)
     rows = (
         ComparisonTask.objects.filter(project_id__in=project_ids)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import data, people, projects, quality
+from . import data, endpoints, people, projects, quality
 
 app_name = "console"
 
@@ -20,5 +20,10 @@ urlpatterns = [
     path("projects/<int:project_id>/quality/", quality.quality_page, name="quality"),
     path("projects/<int:project_id>/quality/settings/", quality.quality_settings, name="quality_settings"),
     path("projects/<int:project_id>/quality/pause/", quality.quality_pause, name="quality_pause"),
+    path("projects/<int:project_id>/live/", endpoints.live_settings, name="live_settings"),
+    path("endpoints/", endpoints.endpoint_list, name="endpoints"),
+    path("endpoints/new/", endpoints.endpoint_create, name="endpoint_create"),
+    path("endpoints/<int:endpoint_id>/", endpoints.endpoint_edit, name="endpoint_edit"),
+    path("endpoints/<int:endpoint_id>/test/", endpoints.endpoint_test, name="endpoint_test"),
     *people.urlpatterns,
 ]

@@ -63,9 +63,10 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def response_set_hash(prompt_hash: str, reply_hashes: list[str]) -> str:
-    """Identity of a comparison task: its prompt and the set of replies it compares."""
-    return content_hash([prompt_hash, sorted(reply_hashes)])
+def response_set_hash(prompt_hash: str, reply_hashes: list[str], identity: str = "") -> str:
+    """Identity of a comparison task: its prompt and the set of replies it compares (and an
+    identity of its own, for a task that must stay distinct: a live turn's)."""
+    return content_hash([prompt_hash, sorted(reply_hashes)] + ([identity] if identity else []))
 
 
 # --------------------------------------------------------------------------- validation

@@ -17,7 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from .checkpoint import write_atomically
+from .checkpoint import make_servable, write_atomically
 from .hooks import NO_HOOKS, TrainerHooks
 from .sft import SFTConfig, train_sft
 
@@ -74,6 +74,8 @@ def new_policy(tokenizer, config: DefaultModelConfig) -> GPT2LMHeadModel:
 
 
 def save_new_model(model, tokenizer, path: str | os.PathLike) -> Path:
+    make_servable(model, tokenizer)
+
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -22,6 +22,7 @@ from transformers.activations import GELUTanh, NewGELUActivation
 from transformers.utils import logging as hf_logging
 
 from . import adapters, distributed
+from .text import ensure_chat_template
 
 PAD_TOKEN = "<|pad|>"
 hf_logging.disable_progress_bar()
@@ -148,12 +149,26 @@ def save_policy(model, tokenizer, path: str | os.PathLike, *, mode: str | None =
     adapter weights and the base folder's path only. None: as chosen in AdapterConfig.save
     when the adapters were added, else merged."""
     mode = mode or adapters.default_save_mode(model)
+    make_servable(model, tokenizer)
 
     def write(tmp: Path) -> None:
         adapters.save_model(model, tmp, mode)
         tokenizer.save_pretrained(tmp)
 
     return write_atomically(path, write)
+
+
+def make_servable(model, tokenizer) -> None:
+    """What an OpenAI-compatible server (`transformers serve`, vLLM) needs to serve the saved
+    policy as the trainers use it: a chat template (text.ensure_chat_template) and a
+    generation config that samples (a request's temperature and top_p apply only when
+    do_sample is on; temperature 0 still decodes greedily) and stops at EOS."""
+    ensure_chat_template(tokenizer)
+    config = getattr(model, "generation_config", None)
+    if config is not None:
+        config.do_sample = True
+        config.eos_token_id = tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -5,6 +5,12 @@ HH-RLHF transcript form is used: "\\n\\nHuman: ...\\n\\nAssistant:" and the repl
 space. Prompt and reply are tokenized separately and concatenated, so that one prompt's
 tokens are identical for all of its replies (which is what lets the reward model compute
 the shared prompt once).
+
+Every policy the app saves carries a chat template (`ensure_chat_template`): its own, or
+TRANSCRIPT_CHAT_TEMPLATE, which renders a conversation exactly as `render_prompt` does, so
+that an OpenAI-compatible server (`transformers serve`, vLLM) prompts the policy as the
+trainers did. The reply the server samples after "Assistant:" starts with the space that
+`render_reply` puts there; a client strips it.
 """
 
 from __future__ import annotations
@@ -12,15 +18,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# The HH transcript as a Jinja chat template: render_prompt's transcript form, character for
+# character (tests/ml/test_chat_template.py); system turns are the Human's, as there.
+TRANSCRIPT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ '\\n\\nAssistant: ' + message['content'] }}"
+    "{% else %}{{ '\\n\\nHuman: ' + message['content'] }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\\n\\nAssistant:' }}{% endif %}"
+)
+
+
+def has_own_chat_template(tokenizer) -> bool:
+    """A real chat model's template (not absent, not the transcript one): the trainers use it."""
+    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    return bool(template) and template != TRANSCRIPT_CHAT_TEMPLATE
+
+
+def ensure_chat_template(tokenizer) -> None:
+    """Give a tokenizer without a chat template the transcript one (before saving a policy)."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = TRANSCRIPT_CHAT_TEMPLATE
+
+
 def render_prompt(messages: list[dict], tokenizer=None) -> str:
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+    if has_own_chat_template(tokenizer):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     parts = [f"\n\n{'Assistant' if m['role'] == 'assistant' else 'Human'}: {m['content']}" for m in messages]
     return "".join(parts) + "\n\nAssistant:"
 
 
 def render_reply(reply: str, tokenizer=None) -> str:
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+    if has_own_chat_template(tokenizer):
         return reply
     return " " + reply
 
