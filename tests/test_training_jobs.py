@@ -374,7 +374,8 @@ def test_web_process_does_not_load_torch():
         "import os, sys; os.environ['DJANGO_SETTINGS_MODULE'] = 'feedback_site.settings'\n"
         "import django; django.setup()\n"
         "from django.test import Client\n"
-        "import feedback_site.urls, training.tasks, training.services, training.api.views\n"
+        "import feedback_site.urls, training.tasks, training.services, training.api.views, training.endpoint_runs\n"
+        "import labeling.live_views, inference.batch, inference.client\n"
         "from feedback_site.celery import app; app.finalize()\n"
         "print('torch' in sys.modules)"
     )

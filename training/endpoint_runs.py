@@ -20,6 +20,7 @@ import time
 from itertools import combinations
 
 from django.conf import settings
+from django.db import transaction
 
 from inference import batch
 from inference.exceptions import KeyUnavailable
@@ -29,6 +30,7 @@ from labeling.services import GeneratedReply, add_comparison_task
 
 from . import selectors, services
 from .exceptions import InvalidTrainingRequest, TrainingFailed
+from .models import RunKind
 from .ml.hooks import TrainingCancelled
 
 PAIRINGS = ("pairs", "all")
@@ -41,6 +43,11 @@ TASK_PRIORITY = 10  # fresh model replies are served before older tasks, as gene
 
 def check_request(project, config: dict) -> None:
     """InvalidTrainingRequest (HTTP 400) unless the config names 2+ usable endpoints and a prompt set."""
+    check_endpoints(project, config)
+    check_prompts(project, config)
+
+
+def check_endpoints(project, config: dict) -> None:
     ids = config.get("endpoints")
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise InvalidTrainingRequest("'endpoints' must list the ids of 2 to 8 model endpoints", field="config")
@@ -60,6 +67,9 @@ def check_request(project, config: dict) -> None:
         raise InvalidTrainingRequest(
             f"'pairing' all: {len(ids)} replies per task, more than the project's K ({project.max_responses}); use pairs", field="config"
         )
+
+
+def check_prompts(project, config: dict) -> None:
     prompt_ids = config.get("prompt_ids")
     if prompt_ids is not None:
         if "prompts" in config:
@@ -73,6 +83,24 @@ def check_request(project, config: dict) -> None:
             raise InvalidTrainingRequest("'prompt_ids' names prompts that are not this project's", field="config")
     elif not Prompt.objects.filter(project=project).exists():
         raise InvalidTrainingRequest("the project has no prompts: import some, or upload a prompts file", field="config")
+
+
+def start_endpoint_run(*, project, config: dict, prompts_file=None, source: str = "", requested_by=None):
+    """Start an "endpoints" run; with `prompts_file` (a binary stream of a prompts-only JSON
+    Lines file) its prompts join the project's and the run asks exactly those. All or
+    nothing: a bad file (ImportFailed, line-numbered), a bad config or a run already active
+    leaves neither prompts nor a run behind."""
+    from labeling.importing.services import import_prompts
+
+    config = dict(config or {})
+    if prompts_file is not None:
+        if "prompts" in config or "prompt_ids" in config:
+            raise InvalidTrainingRequest("give a prompts file or a number of the project's prompts, not both", field="file")
+        check_endpoints(project, config)  # before the file is read
+    with transaction.atomic():
+        if prompts_file is not None:
+            config["prompt_ids"] = import_prompts(project=project, stream=prompts_file, source=source, max_prompts=MAX_PROMPT_IDS)
+        return services.start_run(project=project, kind=RunKind.ENDPOINTS, config=config, requested_by=requested_by)
 
 
 def _prompts(run) -> list[Prompt]:

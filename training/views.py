@@ -7,6 +7,7 @@ from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
+from inference.models import ModelEndpoint
 from labeling.models import Project
 
 from . import services
@@ -24,8 +25,12 @@ def dashboard(request):
     selected = projects.filter(pk=int(raw)).first() if raw else projects.first()
     if raw and selected is None:
         raise Http404("no such project")  # not silently another project's dashboard
-    context = {"projects": projects, "project": selected, "kinds": RunKind.choices}
+    # runs of kind "endpoints" have their own form (which endpoints, which prompts)
+    kinds = [(value, label) for value, label in RunKind.choices if value != RunKind.ENDPOINTS]
+    context = {"projects": projects, "project": selected, "kinds": kinds,
+               "endpoints": ModelEndpoint.objects.filter(is_active=True).order_by("builtin", "name")}
     if selected is not None:
+        context["default_prompts"] = services.training_settings_for(selected).generate_prompts
         # rendered once here so the page says it before the first poll; dashboard.js keeps it current
         context["active_policy"] = services.active_version(selected, VersionKind.POLICY)
         context["active_reward"] = services.active_version(selected, VersionKind.REWARD)

@@ -219,7 +219,19 @@ def parse_trl_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
     return ImportRecord(line, messages, responses, source_format, {}, labelled=True)
 
 
-JSON_PARSERS = {"jsonl": parse_jsonl_object, "hh": parse_hh_object, "trl": parse_trl_object}
+def parse_prompt_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
+    """A prompts-only line (format "prompts": what model endpoints are asked to answer):
+    {"prompt": str} or {"messages": [...]}, optional "metadata"; no replies."""
+    if "responses" in obj or "chosen" in obj:
+        raise RecordError("a prompts file holds prompts only: no 'responses', 'chosen' or 'rejected'")
+    with_reply = dict(obj, responses=["-", "--"])  # parse the prompt as a jsonl line would be
+    record = parse_jsonl_object(with_reply, line, max(max_responses, 2))
+    record.responses = []
+    return record
+
+
+JSON_PARSERS = {"jsonl": parse_jsonl_object, "hh": parse_hh_object, "trl": parse_trl_object, "prompts": parse_prompt_object}
+PROMPTS_FORMAT = "prompts"
 
 
 # --------------------------------------------------------------------------- reading files
@@ -248,7 +260,7 @@ def iter_records(
     stream: io.BufferedIOBase, fmt: str, *, max_responses: int, max_line_bytes: int
 ) -> Iterator[tuple[int, ImportRecord | RecordError, int]]:
     """Yield (line, record or the error for that line, bytes consumed) for each item."""
-    if fmt not in FORMATS:
+    if fmt not in FORMATS and fmt != PROMPTS_FORMAT:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "csv":
         yield from _iter_csv(stream, max_responses=max_responses, max_line_bytes=max_line_bytes)

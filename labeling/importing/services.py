@@ -34,7 +34,7 @@ from ..models import (
     Response,
     TaskResponse,
 )
-from .formats import FORMATS, ImportRecord, RecordError, batched, iter_records, response_set_hash, text_hash
+from .formats import FORMATS, PROMPTS_FORMAT, ImportRecord, RecordError, batched, iter_records, response_set_hash, text_hash
 
 BATCH_SIZE = 500
 MAX_REPORTED_ERRORS = 100
@@ -243,3 +243,40 @@ def import_steps(
             raise ImportFailed([(0, "the file holds no items")])
     report.skipped = errors
     return report
+
+
+def import_prompts(*, project: Project, stream: io.BufferedIOBase, source: str, max_prompts: int) -> list[int]:
+    """A prompts-only file (JSON Lines of {"prompt"} or {"messages"}) into the project's
+    prompts: their ids in file order, duplicates once. All or nothing: ImportFailed lists
+    every bad line (the first 100) and nothing is written."""
+    errors: list[tuple[int, str]] = []
+    records: list[ImportRecord] = []
+    total_errors = 0
+    for line, item, _ in iter_records(stream, PROMPTS_FORMAT, max_responses=2, max_line_bytes=settings.IMPORT_MAX_LINE_BYTES):
+        if isinstance(item, RecordError):
+            total_errors += 1
+            if len(errors) < MAX_REPORTED_ERRORS:
+                errors.append((line, str(item)))
+        elif len(records) < max_prompts:
+            records.append(item)
+        else:
+            total_errors += 1
+            if len(errors) < MAX_REPORTED_ERRORS:
+                errors.append((line, f"more than {max_prompts} prompts in one file"))
+    if errors:
+        raise ImportFailed(errors, total_errors=total_errors)
+    if not records:
+        raise ImportFailed([(0, "the file holds no prompts")])
+    ids: dict[str, int] = {}
+    with transaction.atomic():
+        existing = dict(Prompt.objects.filter(project=project, content_hash__in={r.prompt_hash for r in records}).values_list("content_hash", "pk"))
+        for record in records:
+            digest = record.prompt_hash
+            if digest not in ids:
+                if digest not in existing:
+                    existing[digest] = Prompt.objects.create(
+                        project=project, messages=record.messages, source_format=record.source_format, source=source[:200],
+                        metadata=record.metadata, content_hash=digest,
+                    ).pk
+                ids[digest] = existing[digest]
+    return list(ids.values())

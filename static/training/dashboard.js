@@ -40,7 +40,7 @@
   function signed(value) { return (value > 0 ? "+" : "") + value.toFixed(3); }
   function percent(value) { return (value * 100).toFixed(1) + "%"; }
   function summary(metrics) {
-    const keys = ["val_accuracy", "reward_mean", "kl", "reward_gain", "eval_wins", "eval_losses", "eval_p_value", "tasks_created", "train_loss", "version", "promoted"];
+    const keys = ["val_accuracy", "reward_mean", "kl", "reward_gain", "eval_wins", "eval_losses", "eval_p_value", "tasks_created", "prompts_answered", "prompts_failed", "train_loss", "version", "promoted"];
     return keys.filter(function (k) { return metrics && metrics[k] !== undefined && metrics[k] !== null; }).map(function (k) { return k + " " + fmt(metrics[k]); }).join(", ");
   }
   function button(label, onClick, cls) {
@@ -279,6 +279,24 @@
     return list;
   }
 
+  // an "endpoints" run: the prompts left out, each with its reason
+  function failureList(metrics) {
+    const details = document.createElement("details");
+    details.className = "run-failures";
+    const title = document.createElement("summary");
+    title.textContent = metrics.prompts_failed + " prompts failed" + (metrics.failures.length < metrics.prompts_failed ? " (the first " + metrics.failures.length + ")" : "");
+    details.appendChild(title);
+    const list = document.createElement("ul");
+    metrics.failures.forEach(function (failure) {
+      const item = document.createElement("li");
+      const reasons = Object.keys(failure.reasons).map(function (name) { return failure.reasons[name]; }).join("; ");
+      item.textContent = "prompt " + failure.prompt_id + " “" + failure.prompt + "”: " + reasons;
+      list.appendChild(item);
+    });
+    details.appendChild(list);
+    return details;
+  }
+
   function runRow(run, isStage) {
     const tr = document.createElement("tr");
     tr.dataset.run = run.id; tr.className = "run run-" + run.status + (isStage ? " stage" : "");
@@ -306,6 +324,7 @@
     metrics.className = "run-metrics";
     if (run.kind === "cycle") metrics.appendChild(cycleMetrics(run));
     else metrics.textContent = summary(run.metrics);
+    if (run.metrics && run.metrics.failures && run.metrics.failures.length) metrics.appendChild(failureList(run.metrics));
     tr.appendChild(metrics);
     const actions = document.createElement("td");
     actions.className = "run-actions";
@@ -438,6 +457,26 @@
   document.querySelectorAll(".start-run").forEach(function (b) {
     b.addEventListener("click", function () { act(api("POST", "/api/v1/training-runs/", { project: Number(project), kind: b.dataset.kind })); });
   });
+  const endpointForm = document.getElementById("endpoint-run-form");
+  if (endpointForm) {
+    endpointForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      const data = new FormData(endpointForm);
+      const file = document.getElementById("endpoint-run-file").files[0];
+      if (file) data.delete("prompts"); else data.delete("file");
+      const chosen = data.getAll("endpoints").length;
+      const what = file ? "the prompts in " + file.name : data.get("prompts") + " of the project's prompts";
+      if (!window.confirm("Ask " + chosen + " endpoints for replies to " + what + " and make comparison tasks of them?")) return;
+      act(fetch(endpointForm.dataset.url, { method: "POST", body: data, credentials: "same-origin", headers: { "X-CSRFToken": csrf() } })
+        .then(function (response) {
+          return response.json().then(function (body) {
+            if (!response.ok) throw new Error((body.detail || JSON.stringify(body)) + (body.errors ? ": " + body.errors.map(function (e) { return "line " + e.line + ": " + e.reason; }).join("; ") : ""));
+            endpointForm.reset();
+            return { detail: "Run #" + body.id + " started: the endpoints are answering." };
+          });
+        }));
+    });
+  }
   document.querySelectorAll(".rollback").forEach(function (b) {
     b.addEventListener("click", function () {
       if (!window.confirm(rollbackQuestion(b.dataset.kind, b.dataset.to))) return;

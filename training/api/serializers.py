@@ -25,6 +25,28 @@ class StartRunInput(serializers.Serializer):
     config = serializers.JSONField(required=False, default=dict)
 
 
+class IdListField(serializers.ListField):
+    """Ids as a JSON list, or in a form as repeated fields or one comma-separated value."""
+
+    child = serializers.IntegerField(min_value=1)
+
+    def get_value(self, dictionary):
+        if hasattr(dictionary, "getlist"):
+            values = [part.strip() for value in dictionary.getlist(self.field_name) for part in str(value).split(",") if part.strip()]
+            return values if values else serializers.empty
+        return super().get_value(dictionary)
+
+
+class EndpointRunInput(serializers.Serializer):
+    endpoints = IdListField(min_length=2, max_length=8, help_text="ids of 2 to 8 model endpoints")
+    prompts = serializers.IntegerField(min_value=1, max_value=100_000, required=False,
+                                       help_text="how many of the project's prompts (fewest tasks first); or upload `file`")
+    pairing = serializers.ChoiceField(choices=["pairs", "all"], default="pairs",
+                                      help_text="pairs: a task per pair of endpoints; all: one task comparing every reply")
+    max_tokens = serializers.IntegerField(min_value=1, max_value=32768, required=False)
+    file = serializers.FileField(required=False, help_text='a prompts-only JSON Lines file: {"prompt": ...} or {"messages": [...]} per line')
+
+
 class StageOutput(serializers.Serializer):
     id = serializers.IntegerField()
     kind = serializers.ChoiceField(choices=RunKind.choices)

@@ -1,5 +1,8 @@
 """REST endpoints for training runs and model versions (labeling admins only)."""
 
+import io
+import os
+
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -11,10 +14,11 @@ from labeling.api.permissions import IsLabelingAdmin
 from labeling.models import Project
 
 from .. import selectors, services
+from ..endpoint_runs import start_endpoint_run
 from ..models import ModelVersion, TrainingRun
 from labeling.api.views import validated_query
 
-from .serializers import RollbackInput, RollbackOutput, RunOutput, RunQuery, StartRunInput, VersionOutput, VersionQuery
+from .serializers import EndpointRunInput, RollbackInput, RollbackOutput, RunOutput, RunQuery, StartRunInput, VersionOutput, VersionQuery
 
 
 def runs_for_output():
@@ -114,3 +118,32 @@ class RollbackView(APIView):
             detail = f"{version} is active again"
         body = {"kind": kind, "builtin": version is None, "active": VersionOutput(version).data if version else None, "detail": detail}
         return Response(body)
+
+
+class EndpointRunView(APIView):
+    """Replies of 2+ model endpoints to the project's prompts (`prompts`: how many) or to an
+    uploaded prompts-only file, as comparison tasks: a run of kind "endpoints" (202). JSON or
+    multipart. A bad file is a 400 listing its bad lines, and nothing is imported."""
+
+    permission_classes = [IsLabelingAdmin]
+
+    @extend_schema(
+        request={"application/json": EndpointRunInput, "multipart/form-data": EndpointRunInput},
+        responses={202: RunOutput, 400: OpenApiResponse(description="bad input or file: {code, detail, field, errors}"),
+                   409: OpenApiResponse(description="such a run is already queued or running")},
+    )
+    def post(self, request, project_id: int):
+        project = get_object_or_404(Project, pk=project_id)
+        payload = EndpointRunInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        upload = data.pop("file", None)
+        stream = None
+        if upload is not None:
+            upload.seek(0)
+            stream = upload.file if hasattr(upload.file, "readline") else io.BytesIO(upload.read())
+        run = start_endpoint_run(
+            project=project, config=data, prompts_file=stream,
+            source=os.path.basename(upload.name or "upload")[:200] if upload else "", requested_by=request.user,
+        )
+        return Response(RunOutput(run).data, status=status.HTTP_202_ACCEPTED)
