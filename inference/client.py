@@ -66,6 +66,8 @@ class EndpointSpec:
     def headers(self) -> dict[str, str]:
         headers = {"Accept": "text/event-stream, application/json"}
         if self.api_key:
+            if not all("!" <= c <= "~" for c in self.api_key):  # checked when saved; a header cannot carry it
+                raise EndpointError(AUTH, f"{self.name}'s API key holds characters an HTTP header cannot carry: save it again")
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 

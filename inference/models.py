@@ -25,6 +25,16 @@ MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 100
 
 
+def active_policy_key(project_id: int) -> str:
+    """The built-in endpoint of a project's active policy (the `builtin` value)."""
+    return f"active-policy:{project_id}"
+
+
+def policy_version_key(version_id: int) -> str:
+    """The built-in endpoint of one policy version."""
+    return f"policy-version:{version_id}"
+
+
 def validate_base_url(url: str) -> None:
     """http(s), a host, no credentials, no query or fragment: what the OpenAI client takes as base_url."""
     try:

@@ -25,6 +25,9 @@ EDITABLE_FIELDS = (
 # what an admin may change on a built-in endpoint (where and what it serves follows the registry)
 BUILTIN_EDITABLE_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "system_prompt", "timeout_seconds", "concurrency", "is_active")
 MAX_KEY_CHARS = 1000
+# a new built-in endpoint samples (two replies of one policy differ) and asks for replies that
+# fit a small policy's positions: `transformers serve` asks for 1,024 tokens when told nothing
+BUILTIN_DEFAULTS = {"temperature": 1.0, "max_tokens": 128, "timeout_seconds": 120.0}
 TEST_MESSAGES = [{"role": "user", "content": "Reply with the single word: ready"}]
 TEST_MAX_TOKENS = 16
 
@@ -37,8 +40,11 @@ def _raise_invalid(exc: ValidationError) -> None:
 
 
 def _check_key(api_key) -> None:
-    if not isinstance(api_key, str) or len(api_key) > MAX_KEY_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in api_key):
-        raise InvalidEndpoint(f"must be text of at most {MAX_KEY_CHARS} characters without control characters", field="api_key")
+    """A key travels in an HTTP header: printable ASCII, no spaces."""
+    if not isinstance(api_key, str) or len(api_key) > MAX_KEY_CHARS or not all("!" <= c <= "~" for c in api_key):
+        raise InvalidEndpoint(
+            f"must be at most {MAX_KEY_CHARS} printable ASCII characters without spaces (it is sent in an HTTP header)", field="api_key"
+        )
 
 
 def save_endpoint(*, endpoint: ModelEndpoint | None = None, values: dict, api_key: str | None = None, clear_key: bool = False) -> ModelEndpoint:
@@ -68,27 +74,27 @@ def save_endpoint(*, endpoint: ModelEndpoint | None = None, values: dict, api_ke
 
 
 @dataclass(frozen=True)
-class TestResult:
+class ProbeResult:
     ok: bool
     latency_ms: int | None
     message: str
     reply: str = ""
 
 
-def test_endpoint(*, endpoint: ModelEndpoint) -> TestResult:
+def probe_endpoint(*, endpoint: ModelEndpoint) -> ProbeResult:
     """Send one short request; record and return the latency or the exact error (no retries:
     an admin wants to see what the endpoint does now)."""
     started = time.monotonic()
     try:
         reply = client.chat(endpoint.spec(), TEST_MESSAGES, max_tokens=TEST_MAX_TOKENS)
     except client.EndpointError as error:
-        result = TestResult(ok=False, latency_ms=round((time.monotonic() - started) * 1000), message=error.message)
+        result = ProbeResult(ok=False, latency_ms=round((time.monotonic() - started) * 1000), message=error.message)
     except KeyUnavailable as error:
-        result = TestResult(ok=False, latency_ms=None, message=error.message)
+        result = ProbeResult(ok=False, latency_ms=None, message=error.message)
     else:
         latency = round(reply.seconds * 1000)
         excerpt = " ".join(reply.text.split())[:200]
-        result = TestResult(ok=True, latency_ms=latency, message=f"answered in {latency} ms", reply=excerpt)
+        result = ProbeResult(ok=True, latency_ms=latency, message=f"answered in {latency} ms", reply=excerpt)
     ModelEndpoint.objects.filter(pk=endpoint.pk).update(
         last_test_at=timezone.now(), last_test_ok=result.ok, last_test_message=result.message[:500]
     )
@@ -106,7 +112,9 @@ def sync_builtin(*, key: str, name: str, model: str, model_version_id: int | Non
                 if not ModelEndpoint.objects.filter(name=unique).exists():
                     break
                 unique = f"{name} ({n})"
-            return ModelEndpoint.objects.create(builtin=key, name=unique, model=model, model_version_id=model_version_id)
+            return ModelEndpoint.objects.create(
+                builtin=key, name=unique, model=model, model_version_id=model_version_id, **BUILTIN_DEFAULTS
+            )
         if endpoint.model != model or endpoint.model_version_id != model_version_id:
             endpoint.model, endpoint.model_version_id = model, model_version_id
             endpoint.save(update_fields=["model", "model_version_id", "updated_at"])

@@ -88,6 +88,7 @@ def stop(process: subprocess.Popen) -> None:
 # malformed     streams a piece, then an event that is not JSON
 # huge          streams (or answers) a reply of 200,000 characters
 # auth          401 unless the key is RIGHT_KEY; the 401 echoes the key it got (as some servers do)
+# gated         streams two pieces, then waits until the test sets `gate`, then the rest
 REPLY = "Hello from the fault server."
 XSS_REPLY = (
     '<script>window.__xss = 1</script> <img src=x onerror="window.__xss = 2"> '
@@ -99,6 +100,7 @@ class FaultServer:
     def __init__(self, delay: float = 3.0, fails: int = 2):
         self.delay, self.fails = delay, fails
         self.requests: list[dict] = []
+        self.gate = threading.Event()
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -207,6 +209,8 @@ class FaultServer:
                             if model == "stall":
                                 time.sleep(server.delay)
                             return
+                        if model == "gated" and i == 2:
+                            server.gate.wait(timeout=60)
                         self._event(self._piece(piece))
                         if model == "drip":
                             time.sleep(server.delay)

@@ -265,7 +265,7 @@ def gunicorn(collected, tmp_path):
         stop(proc, signal.SIGQUIT)  # quick shutdown: no in-flight request matters here
 
 
-def render_site(*, http_port, https_port, upstream, static_root, cert, key) -> str:
+def render_site(*, http_port, https_port, upstream, static_root, cert, key, live_upstream=None) -> str:
     template = (DEPLOY / "nginx" / "feedback.conf").read_text()
     values = {
         "@SERVER_NAME@": "127.0.0.1 localhost",
@@ -274,6 +274,7 @@ def render_site(*, http_port, https_port, upstream, static_root, cert, key) -> s
         "@SSL_CERTIFICATE@": str(cert),
         "@SSL_CERTIFICATE_KEY@": str(key),
         "@UPSTREAM@": upstream,
+        "@LIVE_UPSTREAM@": live_upstream or upstream,
         "@STATIC_ROOT@": str(static_root),
     }
     for placeholder, value in values.items():
@@ -460,7 +461,7 @@ def test_gunicorn_alone_stalls_under_slowloris(gunicorn, record_property):
 def test_systemd_units_match_the_app():
     """The units start what tools/run_all.py starts, with the env file, as a dedicated user."""
     units = {}
-    for name in ("feedback-web", "feedback-worker", "feedback-beat"):
+    for name in ("feedback-web", "feedback-worker", "feedback-beat", "feedback-live", "feedback-policies"):
         parser = configparser.ConfigParser(strict=False, interpolation=None)
         parser.optionxform = str
         parser.read(DEPLOY / "systemd" / f"{name}.service")
@@ -479,6 +480,12 @@ def test_systemd_units_match_the_app():
     routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
     assert {settings.CELERY_TASK_DEFAULT_QUEUE, *routed} <= queues
     assert "-m celery -A feedback_site beat" in units["feedback-beat"]["ExecStart"]
+    assert "--config deploy/gunicorn-live.conf.py feedback_site.wsgi" in units["feedback-live"]["ExecStart"]
+    assert units["feedback-policies"]["ExecStart"].endswith("manage.py serve_policies")
+    live = {"__file__": str(DEPLOY / "gunicorn-live.conf.py")}
+    exec(compile((DEPLOY / "gunicorn-live.conf.py").read_text(), "gunicorn-live.conf.py", "exec"), live)
+    assert (live["worker_class"], live["bind"], live["workers"], live["threads"]) == ("gthread", ["127.0.0.1:8002"], 1, 64)
+    assert live["accesslog"] == "-" and live["forwarded_allow_ips"] == "127.0.0.1,::1"  # the site's own settings, shared
 
     # The gunicorn config loads, and its timeouts agree with the nginx site's.
     config: dict = {}
@@ -486,4 +493,4 @@ def test_systemd_units_match_the_app():
     site = (DEPLOY / "nginx" / "feedback.conf").read_text()
     read_timeout = int(re.search(r"proxy_read_timeout (\d+)s;", site).group(1))
     assert config["worker_class"] == "sync" and config["timeout"] < read_timeout
-    assert config["bind"] == ["127.0.0.1:8000"] and "@UPSTREAM@" in site
+    assert config["bind"] == ["127.0.0.1:8000"] and "@UPSTREAM@" in site and "@LIVE_UPSTREAM@" in site

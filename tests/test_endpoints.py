@@ -61,6 +61,7 @@ def test_register_through_the_api_key_write_only_and_encrypted(admin_api, fault_
         ({"concurrency": 0}, "concurrency"),
         ({"timeout_seconds": 10_000}, "timeout_seconds"),
         ({"api_key": "bad\nkey"}, "api_key"),
+        ({"api_key": "sk-ключ"}, "api_key"),  # a header carries ASCII only
         ({"name": ""}, "name"),
     ],
 )

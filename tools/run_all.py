@@ -1,5 +1,7 @@
-"""`make run`: the web server, a Celery worker (queues default + training) and Celery beat,
-together; Ctrl-C (or SIGTERM) stops all three."""
+"""`make run`: the web server, a Celery worker (queues default + training), Celery beat and
+the policy server (`manage.py serve_policies`: the app's policies over the OpenAI protocol,
+what the live page and the built-in endpoints talk to), together; Ctrl-C (or SIGTERM) stops
+them all. The web process never imports torch: the policy server is a process of its own."""
 
 import os
 import signal
@@ -14,6 +16,7 @@ PROCESSES = {
     "web": [PY, "manage.py", "runserver", f"{HOST}:{PORT}", "--noreload"],
     "worker": [PY, "-m", "celery", "-A", "feedback_site", "worker", "-Q", "default,training", "-c", "1", "--loglevel", "INFO"],
     "beat": [PY, "-m", "celery", "-A", "feedback_site", "beat", "--loglevel", "INFO"],
+    "policies": [PY, "manage.py", "serve_policies"],
 }
 
 
@@ -27,7 +30,7 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    print(f"web, worker and beat running; open http://{HOST}:{PORT}/ (Ctrl-C stops all)", flush=True)
+    print(f"web, worker, beat and the policy server running; open http://{HOST}:{PORT}/ (Ctrl-C stops all)", flush=True)
     while not stopping:
         for name, child in children.items():
             if child.poll() is not None:

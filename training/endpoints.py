@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from inference.models import active_policy_key, policy_version_key
 from inference.services import sync_builtin
 from labeling.models import Project
 
@@ -29,12 +30,12 @@ def sync_policy_endpoints(project: Project) -> None:
     versions = ModelVersion.objects.filter(project=project, kind=VersionKind.POLICY, promoted_at__isnull=False).order_by("number")
     active = None
     for version in versions:
-        sync_builtin(key=f"policy-version:{version.pk}", name=f"{_short(project)}: policy v{version.number}",
+        sync_builtin(key=policy_version_key(version.pk), name=f"{_short(project)}: policy v{version.number}",
                      model=version.artifact_path, model_version_id=version.pk)
         if version.status == VersionStatus.ACTIVE:
             active = version
     sync_builtin(
-        key=f"active-policy:{project.pk}", name=f"{_short(project)}: active policy",
+        key=active_policy_key(project.pk), name=f"{_short(project)}: active policy",
         model=active.artifact_path if active else str(default_policy_dir()), model_version_id=active.pk if active else None,
     )
 

@@ -120,7 +120,7 @@ class EndpointTestView(APIView):
 
     @extend_schema(request=None, responses=EndpointTestOutput)
     def post(self, request, pk: int):
-        result = endpoint_services.test_endpoint(endpoint=get_object_or_404(ModelEndpoint, pk=pk))
+        result = endpoint_services.probe_endpoint(endpoint=get_object_or_404(ModelEndpoint, pk=pk))
         return Response(EndpointTestOutput(result.__dict__).data)
 
 

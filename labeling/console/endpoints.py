@@ -96,7 +96,7 @@ def endpoint_edit(request, endpoint_id: int):
 @require_POST
 def endpoint_test(request, endpoint_id: int):
     endpoint = get_object_or_404(ModelEndpoint, pk=endpoint_id)
-    result = endpoint_services.test_endpoint(endpoint=endpoint)
+    result = endpoint_services.probe_endpoint(endpoint=endpoint)
     if result.ok:
         messages.success(request, f"{endpoint.name} {result.message}: “{result.reply}”")
     else:

@@ -14,49 +14,9 @@
     guidelines.addEventListener("click", function () { dialog.showModal(); });
   }
 
-  // ---- the message box
-  const composer = document.getElementById("live-composer");
-  if (composer) {
-    const errorBox = document.getElementById("live-error");
-    const message = document.getElementById("live-message");
-    let sending = false;
-    function showError(text) { errorBox.textContent = text; errorBox.hidden = false; sending = false; }
-    composer.addEventListener("submit", function (event) {
-      event.preventDefault();
-      if (sending) return;
-      sending = true;
-      fetch(composer.action, { method: "POST", body: new FormData(composer), credentials: "same-origin", headers: { "X-CSRFToken": csrf() } })
-        .then(function (response) {
-          return response.json().then(function (body) {
-            if (response.status === 201) window.location.reload();
-            else showError((body.field ? body.field + ": " : "") + (body.detail || "could not send the message"));
-          });
-        })
-        .catch(function () { showError("The server did not answer; your message is still in the box. Try again."); });
-    });
-    if (message) {
-      message.addEventListener("keydown", function (event) {
-        if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); composer.requestSubmit(); }
-      });
-      message.focus();
-    }
-    const seed = document.getElementById("live-seed");
-    if (seed) {
-      seed.addEventListener("click", function () {
-        fetch(composer.dataset.seedUrl, { credentials: "same-origin" })
-          .then(function (response) { return response.json().then(function (body) { return [response.ok, body]; }); })
-          .then(function (result) {
-            if (result[0]) { message.value = result[1].text; message.focus(); }
-            else showError(result[1].detail || "no seed prompt");
-          })
-          .catch(function () { showError("The server did not answer."); });
-      });
-    }
-  }
-
   // ---- the two replies, streamed
+  const turnBox = document.getElementById("live-turn");
   const panes = document.getElementById("live-replies");
-  if (!panes) return;
   const status = document.getElementById("live-status");
   const retry = document.getElementById("live-retry");
   const texts = [document.getElementById("live-text-0"), document.getElementById("live-text-1")];
@@ -115,6 +75,66 @@
       })
       .catch(function () { fail("The connection was lost. Nothing was saved; retry."); });
   }
-  retry.addEventListener("click", stream);
-  if (panes.dataset.status === "pending") stream();
+  if (panes) {
+    retry.addEventListener("click", stream);
+    if (panes.dataset.status === "pending") stream();
+  }
+
+  // ---- the message box: the message goes to the server, and its replies stream at once
+  const composer = document.getElementById("live-composer");
+  if (composer) {
+    const errorBox = document.getElementById("live-error");
+    const message = document.getElementById("live-message");
+    let sending = false;
+    function showError(text) { errorBox.textContent = text; errorBox.hidden = false; sending = false; }
+    function showMessage(text) {
+      const conversation = document.getElementById("live-conversation");
+      const intro = document.getElementById("live-intro");
+      if (intro) intro.remove();
+      const turn = document.createElement("div");
+      turn.className = "turn turn-user";
+      const role = document.createElement("div");
+      role.className = "role"; role.textContent = "user";
+      const body = document.createElement("div");
+      body.className = "markdown live-text"; body.textContent = text;
+      turn.appendChild(role); turn.appendChild(body);
+      conversation.appendChild(turn);
+    }
+    composer.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (sending) return;
+      sending = true;
+      const sent = message ? message.value : "";
+      fetch(composer.action, { method: "POST", body: new FormData(composer), credentials: "same-origin", headers: { "X-CSRFToken": csrf() } })
+        .then(function (response) {
+          return response.json().then(function (body) {
+            if (response.status !== 201) { showError((body.field ? body.field + ": " : "") + (body.detail || "could not send the message")); return; }
+            if (message) showMessage(sent.trim());
+            composer.hidden = true;
+            turnBox.hidden = false;
+            panes.dataset.streamUrl = body.stream_url;
+            stream();
+          });
+        })
+        .catch(function () { showError("The server did not answer; your message is still in the box. Try again."); });
+    });
+    if (message) {
+      message.addEventListener("keydown", function (event) {
+        if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); composer.requestSubmit(); }
+      });
+      message.focus();
+    }
+    const seed = document.getElementById("live-seed");
+    if (seed) {
+      seed.addEventListener("click", function () {
+        fetch(composer.dataset.seedUrl, { credentials: "same-origin" })
+          .then(function (response) { return response.json().then(function (body) { return [response.ok, body]; }); })
+          .then(function (result) {
+            if (result[0]) { message.value = result[1].text; message.focus(); }
+            else showError(result[1].detail || "no seed prompt");
+          })
+          .catch(function () { showError("The server did not answer."); });
+      });
+    }
+  }
 })();

@@ -4,6 +4,8 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.db.models import Count
 
+from inference.models import ModelEndpoint, active_policy_key
+from labeling import live
 from labeling.importing.services import import_stream
 from labeling.models import ComparisonTask, Project
 from labeling.services import create_annotator
@@ -65,12 +67,30 @@ class Command(BaseCommand):
                     gold += 1
             for username, password, is_admin in DEMO_ACCOUNTS:
                 create_annotator(username=username, password=password, is_admin=is_admin)
+        live_page = self._open_live_page(project)
         self.stdout.write(
             self.style.SUCCESS(
                 f"demo project '{DEMO_PROJECT}': {report.tasks_created} new tasks "
                 f"({report.tasks_already_present} already there), {gold} new gold tasks"
             )
         )
+        if live_page:
+            self.stdout.write(f"live page: /projects/{project.pk}/live/ (the demo's policy, served by `manage.py serve_policies`)")
         self.stdout.write("demo accounts (username / password):")
         for username, password, is_admin in DEMO_ACCOUNTS:
             self.stdout.write(f"  {username} / {password}{'  (admin)' if is_admin else ''}")
+
+    @staticmethod
+    def _open_live_page(project) -> bool:
+        """The demo's live page, answered by the project's active policy (the built-in
+        endpoint the training app keeps; two samples of it side by side), unless an admin
+        has set the page up already."""
+        endpoint = ModelEndpoint.objects.filter(builtin=active_policy_key(project.pk)).first()
+        rules = live.live_settings_for(project)
+        if endpoint is None:
+            return False
+        if not rules.endpoints.exists():
+            rules.enabled = True
+            rules.save(update_fields=["enabled"])
+            rules.endpoints.set([endpoint])
+        return rules.enabled
