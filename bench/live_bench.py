@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 SECRET = "live-bench-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 
 
@@ -83,9 +84,11 @@ def direct_turn(client: httpx.Client, base_url: str) -> tuple[float, float]:
 
 def app_turn(client: httpx.Client, app: str, project_id: int) -> tuple[float, float]:
     said = client.post(f"{app}/projects/{project_id}/live/say/", data={"message": "a benchmark message"})
-    said.raise_for_status()
+    if said.status_code != 201:
+        raise RuntimeError(f"say: HTTP {said.status_code}: {said.text[:300]}")
     first = None
     started = time.perf_counter()
+    event = ""
     with client.stream("POST", f"{app}{said.json()['stream_url']}") as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -94,9 +97,13 @@ def app_turn(client: httpx.Client, app: str, project_id: int) -> tuple[float, fl
             if line == "event: done":
                 total = time.perf_counter() - started
                 break
-            if line == "event: error":
-                raise RuntimeError(next(response.iter_lines()))
-    client.post(f"{app}/projects/{project_id}/live/new/")
+            if event == "event: error":
+                client.post(f"{app}/projects/{project_id}/live/new/")
+                raise RuntimeError(line)
+            event = line
+    closed = client.post(f"{app}/projects/{project_id}/live/new/")
+    if closed.status_code != 302:
+        raise RuntimeError(f"new conversation: HTTP {closed.status_code}: {closed.text[:300]}")
     return first, total
 
 
@@ -128,6 +135,16 @@ def run(concurrency: int, turns: int, one_turn, clients: list[httpx.Client]) -> 
 
 
 # --------------------------------------------------------------------------- setup
+
+
+def collect_static() -> str:
+    """DEBUG=0 pages need the collected static files' manifest."""
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="live-bench-static-")
+    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, check=True,
+                   env={**os.environ, "DEBUG": "0", "SECRET_KEY": SECRET, "STATIC_ROOT": root})
+    return root
 
 
 def setup_database(pg: str, name: str) -> str:
@@ -177,6 +194,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10, help="turns per annotator at each concurrency")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--interval-ms", type=float, default=10.0)
+    parser.add_argument("--live-workers", type=int, default=1, help="processes of the stream server (LIVE_WORKERS)")
     parser.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432")
     parser.add_argument("--database", default="bench_live")
     args = parser.parse_args()
@@ -184,13 +202,14 @@ def main() -> None:
     database_url = setup_database(args.pg, args.database)
     env = {**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": SECRET, "DEBUG": "0", "SECURE_SSL_REDIRECT": "0",
            "SECURE_COOKIES": "0", "ALLOWED_HOSTS": "127.0.0.1", "LOG_LEVEL": "WARNING", "DB_CONN_MAX_AGE": "60",
-           "DJANGO_SETTINGS_MODULE": "feedback_site.settings", "GUNICORN_ACCESS_LOG": "/dev/null"}
+           "DJANGO_SETTINGS_MODULE": "feedback_site.settings", "GUNICORN_ACCESS_LOG": "/dev/null", "STATIC_ROOT": collect_static()}
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE")})
     stream_port, app_port = free_port(), free_port()
     procs = [subprocess.Popen([sys.executable, "bench/stream_server.py", "--port", str(stream_port), "--tokens", str(args.tokens),
                                "--interval-ms", str(args.interval_ms)], cwd=ROOT, stdout=subprocess.DEVNULL)]
     procs.append(subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "deploy/gunicorn-live.conf.py", "feedback_site.wsgi"], cwd=ROOT,
-                                  env={**env, "LIVE_BIND": f"127.0.0.1:{app_port}", "LIVE_THREADS": str(max(args.concurrency) * 2 + 8)}))
+                                  env={**env, "LIVE_BIND": f"127.0.0.1:{app_port}", "LIVE_THREADS": str(max(args.concurrency) * 2 + 8),
+                                       "LIVE_WORKERS": str(args.live_workers)}))
     base_url, app = f"http://127.0.0.1:{stream_port}/v1", f"http://127.0.0.1:{app_port}"
     try:
         wait_for(f"http://127.0.0.1:{stream_port}/health", procs[0])
@@ -201,7 +220,8 @@ def main() -> None:
         direct_clients = [httpx.Client(timeout=60, limits=limits) for _ in cookies]
         run(1, 2, lambda client: app_turn(client, app, project_id), app_clients)  # warm up both sides
         run(1, 2, lambda client: direct_turn(client, base_url), direct_clients)
-        print(f"\nlive page overhead: {args.tokens} pieces per reply, one every {args.interval_ms:g} ms, {args.turns} turns per annotator")
+        print(f"\nlive page overhead: {args.tokens} pieces per reply, one every {args.interval_ms:g} ms, {args.turns} turns per annotator, "
+              f"{args.live_workers} stream server process(es)")
         print("annotators | first token direct / app p50 (ms) | overhead p50 | total direct / app p50 (ms) | overhead p50 | app p95 first / total")
         for n in args.concurrency:
             direct = run(n, args.turns, lambda client: direct_turn(client, base_url), direct_clients)

@@ -32,7 +32,8 @@ def make_handler(tokens: int, interval: float):
 
         def do_POST(self):
             request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-            pieces = [f" word{i}" for i in range(min(tokens, int(request.get("max_tokens") or tokens)))]
+            model = str(request.get("model", "m"))[:20]  # two models, two different replies
+            pieces = [f" {model}{i}" for i in range(min(tokens, int(request.get("max_tokens") or tokens)))]
             if not request.get("stream"):
                 time.sleep(interval * len(pieces))
                 body = json.dumps({

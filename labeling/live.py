@@ -31,7 +31,7 @@ from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Subquery
 from django.utils import timezone
 
 from inference.models import ModelEndpoint
@@ -86,12 +86,12 @@ def check_access(project: Project, annotator) -> ProjectLiveSettings:
         raise NotYourAssignment("this project is not open to you: a labeling admin can assign you to it")
     if not project.is_active:
         raise ProjectInactive("this project is closed to new judgements")
-    rules = live_settings_for(project)
-    if not rules.enabled:
+    pause = AnnotatorPause.objects.filter(project=project, annotator=annotator, lifted_at__isnull=True).values("reason")[:1]
+    rules = ProjectLiveSettings.objects.filter(project=project).annotate(pause_reason=Subquery(pause)).first()  # one query for both
+    if rules is None or not rules.enabled:
         raise LiveUnavailable("live comparison is not switched on for this project")
-    pause = AnnotatorPause.objects.filter(project=project, annotator=annotator, lifted_at__isnull=True).first()
-    if pause is not None:
-        raise AnnotatorPaused(f"you are paused on this project: {pause.reason}")
+    if rules.pause_reason is not None:
+        raise AnnotatorPaused(f"you are paused on this project: {rules.pause_reason}")
     return rules
 
 
@@ -197,8 +197,13 @@ def new_conversation(*, project: Project, annotator, now=None) -> None:
     LiveConversation.objects.filter(project=project, annotator=annotator, closed_at__isnull=True).update(closed_at=now or timezone.now())
 
 
-def own_turn(turn_id: int, annotator) -> LiveTurn:
-    turn = LiveTurn.objects.select_related("conversation__project").filter(pk=turn_id).first()
+def own_turn(turn_id: int, annotator, *, lock: bool = False) -> LiveTurn:
+    """The annotator's turn, with its conversation, project and sources (one query); `lock`
+    takes its row lock for the transaction."""
+    turns = LiveTurn.objects.select_related("conversation__project", "conversation__source_a", "conversation__source_b")
+    if lock:
+        turns = turns.select_for_update(of=("self",))
+    turn = turns.filter(pk=turn_id).first()
     if turn is None:
         raise AssignmentNotFound(f"live turn {turn_id} does not exist")
     if turn.conversation.annotator_id != annotator.pk:
@@ -206,17 +211,20 @@ def own_turn(turn_id: int, annotator) -> LiveTurn:
     return turn
 
 
-def claim_stream(*, turn_id: int, annotator, now=None, rng: random.Random | None = None) -> tuple[LiveTurn, list[ModelEndpoint]]:
-    """Take a pending or failed turn to "streaming"; returns it and its sources, left first.
+def claim_stream(
+    *, turn_id: int, annotator, now=None, rng: random.Random | None = None
+) -> tuple[LiveTurn, list[ModelEndpoint], ProjectLiveSettings]:
+    """Take a pending or failed turn to "streaming"; returns it, its sources (left first) and
+    the project's live settings. Few queries: the time they take is the annotator's wait for
+    the first token.
 
     A retry counts against the annotator's messages per hour; a turn may be tried
     MAX_ATTEMPTS times."""
     now = now or timezone.now()
     rng = rng or random.Random()
     with transaction.atomic():
-        turn = own_turn(turn_id, annotator)
+        turn = own_turn(turn_id, annotator, lock=True)
         rules = check_access(turn.conversation.project, annotator)
-        turn = LiveTurn.objects.select_for_update().select_related("conversation").get(pk=turn.pk)
         stale = turn.status == LiveTurnStatus.STREAMING and turn.streaming_since and now - turn.streaming_since > timedelta(seconds=STALE_STREAM_SECONDS)
         if turn.status not in (LiveTurnStatus.PENDING, LiveTurnStatus.FAILED) and not stale:
             raise AlreadyClosed(f"this turn is {turn.get_status_display()}")
@@ -231,7 +239,7 @@ def claim_stream(*, turn_id: int, annotator, now=None, rng: random.Random | None
         turn.attempts += 1
         turn.a_on_left = rng.random() < 0.5
         turn.save(update_fields=["status", "streaming_since", "error", "attempts", "a_on_left"])
-    return turn, (sources if turn.a_on_left else sources[::-1])
+    return turn, (sources if turn.a_on_left else sources[::-1]), rules
 
 
 def fail_turn(*, turn: LiveTurn, message: str) -> None:
@@ -240,11 +248,9 @@ def fail_turn(*, turn: LiveTurn, message: str) -> None:
 
 
 def _prompt_for(project: Project, messages: list[dict]) -> Prompt:
-    digest = content_hash(messages)
-    prompt, _ = Prompt.objects.get_or_create(
-        project=project, content_hash=digest,
-        defaults={"messages": messages, "source_format": PromptFormat.CHAT, "source": "live"},
-    )
+    """The project's prompt for this conversation (one statement: inserted, or the existing one's id)."""
+    prompt = Prompt(project=project, messages=messages, source_format=PromptFormat.CHAT, source="live", content_hash=content_hash(messages))
+    Prompt.objects.bulk_create([prompt], update_conflicts=True, unique_fields=["project", "content_hash"], update_fields=["content_hash"])
     return prompt
 
 
@@ -253,24 +259,22 @@ def finish_turn(*, turn: LiveTurn, replies: list[services.GeneratedReply], now=N
     annotator's lease on it, in one transaction. The turn must still be this stream's."""
     now = now or timezone.now()
     with transaction.atomic():
-        turn = LiveTurn.objects.select_for_update().select_related("conversation__project").get(pk=turn.pk)
-        if turn.status != LiveTurnStatus.STREAMING:
+        locked = LiveTurn.objects.select_for_update().filter(pk=turn.pk, status=LiveTurnStatus.STREAMING).values_list("attempts", flat=True).first()
+        if locked is None or locked != turn.attempts:
             raise AlreadyClosed("this turn was taken over by another stream")
         project = turn.conversation.project
-        prompt = _prompt_for(project, turn.messages)
-        task = services.add_comparison_task(
-            prompt=prompt, replies=replies, status=TaskStatus.LIVE, identity=f"live-turn:{turn.pk}:{turn.attempts}"
+        task, responses = services.comparison_task_of(
+            prompt=_prompt_for(project, turn.messages), replies=replies, status=TaskStatus.LIVE,
+            identity=f"live-turn:{turn.pk}:{turn.attempts}",
         )
-        if task is None or task.task_responses.count() != 2:
+        if task is None or len(responses) != 2:
             raise InvalidInput("both endpoints gave the same reply, so there is nothing to compare: retry for new replies")
-        by_text = {tr.response.text: tr.response_id for tr in task.task_responses.select_related("response")}
-        order = [by_text[services.storable_text(reply.text)] for reply in replies]
         assignment = Assignment.objects.create(
-            task=task, annotator=turn.conversation.annotator, display_order=order,
+            task=task, annotator_id=turn.conversation.annotator_id, display_order=[r.pk for r in responses],
             leased_at=now, expires_at=now + timedelta(seconds=max(project.lease_seconds, 3600)),
         )
-        turn.status, turn.task, turn.assignment, turn.error = LiveTurnStatus.READY, task, assignment, ""
-        turn.save(update_fields=["status", "task", "assignment", "error"])
+        LiveTurn.objects.filter(pk=turn.pk).update(status=LiveTurnStatus.READY, task=task, assignment=assignment, error="")
+    turn.status, turn.task, turn.assignment, turn.error = LiveTurnStatus.READY, task, assignment, ""
     return assignment
 
 

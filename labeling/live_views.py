@@ -228,20 +228,31 @@ def stream_turn(turn: LiveTurn, sources: list[ModelEndpoint], max_tokens: int):
             threading.Thread(
                 target=_pump, args=(side, source, spec, turn.messages, max_tokens, events, stop), daemon=True, name=f"live-{turn.pk}-{side}"
             ).start()
-        texts, ended, failure = ["", ""], [False, False], None
+        texts, ended, failure = [[], []], [False, False], None
         while not all(ended) and failure is None:
             try:
-                kind, side, value = events.get(timeout=KEEPALIVE_SECONDS)
+                batch = [events.get(timeout=KEEPALIVE_SECONDS)]
             except queue.Empty:
                 yield b": keep-alive\n\n"
                 continue
-            if kind == "delta":
-                texts[side] += value
-                yield _event("delta", {"side": side, "text": value})
-            elif kind == "end":
-                ended[side] = True
-            else:
-                failure = (side, value)
+            while True:  # whatever else has arrived goes out in the same write, one event per side
+                try:
+                    batch.append(events.get_nowait())
+                except queue.Empty:
+                    break
+            fresh: list[list[str]] = [[], []]
+            for kind, side, value in batch:
+                if kind == "delta":
+                    fresh[side].append(value)
+                elif kind == "end":
+                    ended[side] = True
+                elif failure is None:
+                    failure = (side, value)
+            for side, pieces in enumerate(fresh):
+                texts[side].extend(pieces)
+            out = b"".join(_event("delta", {"side": side, "text": "".join(pieces)}) for side, pieces in enumerate(fresh) if pieces)
+            if out:
+                yield out
         stop.set()
         if failure is not None:
             side, error = failure
@@ -252,7 +263,7 @@ def stream_turn(turn: LiveTurn, sources: list[ModelEndpoint], max_tokens: int):
             yield _event("error", {"message": message, "side": side})
             return
         try:
-            live.finish_turn(turn=turn, replies=[_reply_of(source, text, spec) for source, text, spec in zip(sources, texts, specs)])
+            live.finish_turn(turn=turn, replies=[_reply_of(source, "".join(text), spec) for source, text, spec in zip(sources, texts, specs)])
         except LabelingError as error:
             live.fail_turn(turn=turn, message=error.message)
             finished = True
@@ -270,10 +281,9 @@ def stream_turn(turn: LiveTurn, sources: list[ModelEndpoint], max_tokens: int):
 @require_POST
 def live_stream(request, turn_id: int):
     try:
-        turn, sources = live.claim_stream(turn_id=turn_id, annotator=request.user)
+        turn, sources, rules = live.claim_stream(turn_id=turn_id, annotator=request.user)
     except LabelingError as error:
         return _error_json(error)
-    rules = live.live_settings_for(turn.conversation.project)
     response = StreamingHttpResponse(stream_turn(turn, sources, rules.max_tokens), content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache, no-store"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once (deploy/nginx sets it for the URL too)

@@ -549,14 +549,24 @@ def storable_text(text: str) -> str:
 def add_comparison_task(
     *, prompt: Prompt, replies: list[GeneratedReply], priority: int = 0, status: str = TaskStatus.OPEN, identity: str = ""
 ) -> ComparisonTask | None:
-    """A new task comparing these replies to `prompt` (model-generated ones, typically).
+    """A new task comparing these replies to `prompt` (model-generated ones, typically), or
+    None (see comparison_task_of)."""
+    return comparison_task_of(prompt=prompt, replies=replies, priority=priority, status=status, identity=identity)[0]
 
-    Replies are keyed by their text like imported ones; returns None when fewer than two
-    distinct non-empty replies remain or the same set of replies is already a task. Model
-    output is untrusted: NUL characters and lone surrogates (which a byte-level tokenizer
-    can decode to, and PostgreSQL cannot store) become U+FFFD. `identity` makes the task
-    distinct from any other with the same replies (a live turn's task is its own, even when
-    two annotators got the same replies); `status` LIVE keeps it out of the queue.
+
+def comparison_task_of(
+    *, prompt: Prompt, replies: list[GeneratedReply], priority: int = 0, status: str = TaskStatus.OPEN, identity: str = ""
+) -> tuple[ComparisonTask | None, list[Response]]:
+    """A new task comparing these replies to `prompt`, and its replies in the order given.
+
+    Replies are keyed by their text like imported ones (a reply the prompt already has is
+    used as it is); the task is None when fewer than two distinct non-empty replies remain or
+    the same set of replies is already a task. Model output is untrusted: NUL characters and
+    lone surrogates (which a byte-level tokenizer can decode to, and PostgreSQL cannot store)
+    become U+FFFD. `identity` makes the task distinct from any other with the same replies (a
+    live turn's task is its own, even when two annotators got the same replies); `status`
+    LIVE keeps it out of the queue. A handful of statements whatever the number of replies:
+    the live page waits on them.
     """
     distinct: dict[str, GeneratedReply] = {}
     for reply in replies:
@@ -564,32 +574,28 @@ def add_comparison_task(
         if text.strip() and text not in distinct:
             distinct[text] = reply
     if len(distinct) < 2:
-        return None
+        return None, []
     with transaction.atomic():
-        responses = []
-        for text, reply in list(distinct.items())[: prompt.project.max_responses]:
-            response, _ = Response.objects.get_or_create(
-                prompt=prompt,
-                text_hash=text_hash(text),
-                defaults={
-                    "text": text,
-                    "origin": reply.origin,
-                    "model_version_id": reply.model_version_id,
-                    "endpoint_id": reply.endpoint_id,
-                    "generation_params": reply.generation_params or {},
-                },
+        responses = [
+            Response(
+                prompt=prompt, text=text, text_hash=text_hash(text), origin=reply.origin, model_version_id=reply.model_version_id,
+                endpoint_id=reply.endpoint_id, generation_params=reply.generation_params or {},
             )
-            responses.append(response)
+            for text, reply in list(distinct.items())[: prompt.project.max_responses]
+        ]
+        # one statement: new replies inserted, existing ones (same prompt and text) left as they
+        # are; every row gets its id (RETURNING covers the conflicting ones too)
+        Response.objects.bulk_create(responses, update_conflicts=True, unique_fields=["prompt", "text_hash"], update_fields=["text_hash"])
         set_hash = response_set_hash(prompt.content_hash, [r.text_hash for r in responses], identity)
         task, created = ComparisonTask.objects.get_or_create(
             project=prompt.project, response_set_hash=set_hash, defaults={"prompt": prompt, "priority": priority, "status": status}
         )
         if not created:
-            return None
+            return None, responses
         TaskResponse.objects.bulk_create(
             TaskResponse(task=task, response=response, position=i) for i, response in enumerate(responses)
         )
-    return task
+    return task, responses
 
 
 # --------------------------------------------------------------------------- accounts
