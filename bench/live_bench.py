@@ -83,7 +83,7 @@ def direct_turn(client: httpx.Client, base_url: str) -> tuple[float, float]:
 
 
 def app_turn(client: httpx.Client, app: str, project_id: int) -> tuple[float, float]:
-    said = client.post(f"{app}/projects/{project_id}/live/say/", data={"message": "a benchmark message"})
+    said = client.post(f"{app}/projects/{project_id}/live/say/", data={"message": f"benchmark message {time.perf_counter_ns()}"})
     if said.status_code != 201:
         raise RuntimeError(f"say: HTTP {said.status_code}: {said.text[:300]}")
     first = None

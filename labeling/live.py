@@ -248,9 +248,11 @@ def fail_turn(*, turn: LiveTurn, message: str) -> None:
 
 
 def _prompt_for(project: Project, messages: list[dict]) -> Prompt:
-    """The project's prompt for this conversation (one statement: inserted, or the existing one's id)."""
-    prompt = Prompt(project=project, messages=messages, source_format=PromptFormat.CHAT, source="live", content_hash=content_hash(messages))
-    Prompt.objects.bulk_create([prompt], update_conflicts=True, unique_fields=["project", "content_hash"], update_fields=["content_hash"])
+    """The project's prompt for this conversation: the existing one (read, not locked: many
+    annotators may start from the same seed prompt), or a new one."""
+    prompt, _ = Prompt.objects.get_or_create(
+        project=project, content_hash=content_hash(messages), defaults={"messages": messages, "source_format": PromptFormat.CHAT, "source": "live"}
+    )
     return prompt
 
 

@@ -565,8 +565,8 @@ def comparison_task_of(
     lone surrogates (which a byte-level tokenizer can decode to, and PostgreSQL cannot store)
     become U+FFFD. `identity` makes the task distinct from any other with the same replies (a
     live turn's task is its own, even when two annotators got the same replies); `status`
-    LIVE keeps it out of the queue. A handful of statements whatever the number of replies:
-    the live page waits on them.
+    LIVE keeps it out of the queue. A handful of statements whatever the number of replies
+    (the live page waits on them), and no lock on rows other tasks share.
     """
     distinct: dict[str, GeneratedReply] = {}
     for reply in replies:
@@ -583,9 +583,12 @@ def comparison_task_of(
             )
             for text, reply in list(distinct.items())[: prompt.project.max_responses]
         ]
-        # one statement: new replies inserted, existing ones (same prompt and text) left as they
-        # are; every row gets its id (RETURNING covers the conflicting ones too)
-        Response.objects.bulk_create(responses, update_conflicts=True, unique_fields=["prompt", "text_hash"], update_fields=["text_hash"])
+        # new replies inserted, existing ones (same prompt and text) left as they are and not
+        # locked (ON CONFLICT DO NOTHING: many annotators may get the same reply to a seed prompt)
+        Response.objects.bulk_create(responses, ignore_conflicts=True)
+        ids = dict(Response.objects.filter(prompt=prompt, text_hash__in=[r.text_hash for r in responses]).values_list("text_hash", "pk"))
+        for response in responses:
+            response.pk = ids[response.text_hash]
         set_hash = response_set_hash(prompt.content_hash, [r.text_hash for r in responses], identity)
         task, created = ComparisonTask.objects.get_or_create(
             project=prompt.project, response_set_hash=set_hash, defaults={"prompt": prompt, "priority": priority, "status": status}
