@@ -197,6 +197,13 @@ def _transport_error(spec: EndpointSpec, exc: Exception) -> EndpointError:
     return EndpointError(UNREACHABLE, f"{spec.name}: {type(exc).__name__}: {redact(str(exc), spec)}")
 
 
+def _unexpected(spec: EndpointSpec, exc: Exception) -> EndpointError:
+    """Anything else that breaks inside the HTTP library, as an EndpointError raised `from
+    None`: the library's frames (whose locals hold the request headers, the key among them)
+    never reach a traceback, a log or Django's debug page."""
+    return EndpointError(BAD_RESPONSE, f"{spec.name}: the request failed ({type(exc).__name__})")
+
+
 def _read_capped(response: httpx.Response, spec: EndpointSpec, limit: int) -> bytes:
     chunks, size = [], 0
     for chunk in response.iter_bytes():
@@ -235,6 +242,10 @@ def chat(
                 raise _http_error(spec, response, raw)
     except httpx.HTTPError as exc:
         raise _transport_error(spec, exc) from None
+    except (EndpointError, GeneratorExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - see _unexpected
+        raise _unexpected(spec, exc) from None
     try:
         payload = json.loads(raw)
     except ValueError:
@@ -320,8 +331,12 @@ def stream_chat(
                         finished = True
     except httpx.HTTPError as exc:
         raise _transport_error(spec, exc) from None
+    except (EndpointError, GeneratorExit):
+        raise
     except ValueError:
         raise EndpointError(BAD_RESPONSE, f"{spec.name} answered with something that is not JSON") from None
+    except Exception as exc:  # noqa: BLE001 - see _unexpected
+        raise _unexpected(spec, exc) from None
     if not (done or finished):
         raise EndpointError(BAD_RESPONSE, f"{spec.name}'s stream ended before the reply was complete (no finish_reason, no [DONE])")
 
