@@ -101,6 +101,8 @@ class FaultServer:
         self.delay, self.fails = delay, fails
         self.requests: list[dict] = []
         self.gate = threading.Event()
+        self.in_flight: dict[str, int] = {}
+        self.most_in_flight: dict[str, int] = {}  # per model: the most requests it had at once
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -125,6 +127,7 @@ class FaultServer:
         with self._lock:
             self._counts.clear()
             self.requests.clear()
+            self.most_in_flight.clear()
 
     def _handler(self):
         server = self
@@ -166,8 +169,20 @@ class FaultServer:
                     self._json(404, {"error": {"message": "not found"}})
 
             def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                model = "?"
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                    model = body.get("model", "ok")
+                    with server._lock:
+                        server.in_flight[model] = server.in_flight.get(model, 0) + 1
+                        server.most_in_flight[model] = max(server.most_in_flight.get(model, 0), server.in_flight[model])
+                    self._answer(body)
+                finally:
+                    with server._lock:
+                        server.in_flight[model] = server.in_flight.get(model, 1) - 1
+
+            def _answer(self, body):
                 model, stream = body.get("model", "ok"), bool(body.get("stream"))
                 with server._lock:
                     server._counts[model] = server._counts.get(model, 0) + 1

@@ -110,14 +110,17 @@ def test_a_wrong_key_is_refused_and_never_repeated(faults):
     assert faults.requests[-1]["authorization"] == f"Bearer {RIGHT_KEY}"
 
 
-def test_batch_keeps_each_endpoint_within_its_concurrency(faults):
-    specs = {1: spec(faults, "ok", concurrency=2), 2: spec(faults, "echo", concurrency=3)}
-    prompts = [[{"role": "user", "content": f"prompt number {i}"}] for i in range(7)]
-    outcomes = [o for o in generate_replies(specs, prompts) if o is not None]
-    assert sorted(o.index for o in outcomes) == list(range(7))
-    assert all(o.ok for o in outcomes)
-    by_index = {o.index: o for o in outcomes}
-    assert by_index[3].replies[2].text == "echo: 3 number prompt"
+def test_batch_keeps_each_endpoint_within_its_concurrency():
+    with FaultServer(delay=0.3) as server:
+        specs = {1: spec(server, "slow", concurrency=2), 2: spec(server, "echo", concurrency=3)}
+        prompts = [[{"role": "user", "content": f"prompt number {i}"}] for i in range(7)]
+        outcomes = [o for o in generate_replies(specs, prompts) if o is not None]
+        assert sorted(o.index for o in outcomes) == list(range(7))
+        assert all(o.ok for o in outcomes)
+        by_index = {o.index: o for o in outcomes}
+        assert by_index[3].replies[2].text == "echo: 3 number prompt"
+        # 7 requests of 0.3 s each to the slow endpoint: two at a time, never three
+        assert server.most_in_flight["slow"] == 2
 
 
 def test_batch_reports_a_prompt_whose_endpoint_failed(faults):

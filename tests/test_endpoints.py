@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 
 from inference.models import ModelEndpoint
 from inference.secrets import decrypt_key
+from labeling.models import ProjectLiveSettings
 from training.endpoints import sync_policy_endpoints
 from training.models import ModelVersion
 from training.services import promote_version, roll_back
@@ -152,3 +153,24 @@ def test_a_builtin_endpoint_keeps_where_it_points(admin_api, project):
     response = admin_api.patch(f"/api/v1/endpoints/{active.pk}/", {"model": "/etc"}, format="json")
     assert response.status_code == 400 and response.json()["field"] == "model"
     assert admin_api.patch(f"/api/v1/endpoints/{active.pk}/", {"temperature": 0.5, "max_tokens": 32}, format="json").status_code == 200
+
+
+def test_the_live_page_settings_on_the_project_console(client, admin_user, project, fault_server):
+    a = ModelEndpoint.objects.create(name="first", base_url=fault_server.base_url, model="ok")
+    ModelEndpoint.objects.create(name="second", base_url=fault_server.base_url, model="echo")
+    ModelEndpoint.objects.create(name="switched off", base_url=fault_server.base_url, model="ok", is_active=False)
+    client.force_login(admin_user)
+    page = client.get(f"/manage/projects/{project.pk}/live/").content.decode()
+    assert "first" in page and "second" in page and "switched off" not in page
+    response = client.post(f"/manage/projects/{project.pk}/live/", {
+        "enabled": "on", "endpoints": [a.pk], "pairing": "balanced", "max_turns": "4", "max_prompt_chars": "500",
+        "max_tokens": "64", "turns_per_hour": "30", "reveal_sources": "on",
+    })
+    assert response.status_code == 302
+    rules = ProjectLiveSettings.objects.get(project=project)
+    assert (rules.enabled, rules.pairing, rules.max_turns, rules.reveal_sources) == (True, "balanced", 4, True)
+    assert list(rules.endpoints.all()) == [a]
+    bad = client.post(f"/manage/projects/{project.pk}/live/", {"enabled": "on", "pairing": "x", "max_turns": "0", "max_prompt_chars": "1",
+                                                               "max_tokens": "1", "turns_per_hour": "1"})
+    assert bad.status_code == 200 and "Nothing was saved" in bad.content.decode()
+    assert ProjectLiveSettings.objects.get(project=project).max_turns == 4

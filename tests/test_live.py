@@ -4,6 +4,7 @@ from the chosen reply; every turn a normal judgement. Against the real `transfor
 (tests/conftest.py: policy_server) and, for the failures, the fault server."""
 
 import json
+import random
 import re
 
 import pytest
@@ -12,7 +13,7 @@ from inference.models import ModelEndpoint
 from labeling import live
 from labeling.exporting import iter_export_lines
 from labeling.models import (
-    AnnotatorPause, ComparisonTask, Judgement, LiveTurn, LiveTurnStatus, Project, Prompt, Response, TaskStatus,
+    AnnotatorPause, ComparisonTask, Judgement, LiveConversation, LiveTurn, LiveTurnStatus, Project, Prompt, Response, TaskStatus,
 )
 from labeling.quality_data import reply_sources
 from labeling.services import storable_text
@@ -186,15 +187,17 @@ def test_a_browser_that_goes_away_leaves_the_turn_failed_not_half_made(client, a
 
 
 def test_limits_per_project(client, annotator, fault_server):
-    project = live_project(endpoint("a", fault_server.base_url, "ok"), endpoint("b", fault_server.base_url, "echo"),
-                           max_prompt_chars=20, turns_per_hour=3, max_turns=1)
+    project = live_project(endpoint("a", fault_server.base_url, "ok", max_tokens=500), endpoint("b", fault_server.base_url, "echo"),
+                           max_prompt_chars=20, turns_per_hour=3, max_turns=1, max_tokens=64)
     client.force_login(annotator)
     too_long = say(client, project, "x" * 21)
     assert too_long.status_code == 400 and too_long.json()["field"] == "message" and "20 characters" in too_long.json()["detail"]
     assert say(client, project, "   ").status_code == 400
     turn_id = say(client, project, "short").json()["turn"]
     assert say(client, project, "again").json()["detail"].startswith("judge the replies")  # one turn at a time
+    fault_server.reset()
     stream(client, turn_id)
+    assert sorted(r["body"]["max_tokens"] for r in fault_server.requests) == [64, 64]  # the project's cap under the endpoint's 500
     client.post(f"/live/turns/{turn_id}/judge/", {"choice": "A", "strength": "1", "idempotency_key": "x"})
     over = say(client, project, "turn two")
     assert over.status_code == 400 and "1 turns" in over.json()["detail"]
@@ -279,3 +282,16 @@ def test_seed_prompts_come_from_the_project(client, annotator, fault_server):
     assert client.get(f"/projects/{project.pk}/live/seed/").status_code == 404
     Prompt.objects.create(project=project, messages=[{"role": "user", "content": "What is a haiku?"}], content_hash="h1")
     assert client.get(f"/projects/{project.pk}/live/seed/").json() == {"text": "What is a haiku?"}
+
+
+def test_balanced_pairing_draws_the_pair_compared_least(annotator, fault_server):
+    a, b, c = (endpoint(name, fault_server.base_url, "ok") for name in ("a", "b", "c"))
+    project = live_project(a, b, c, pairing="balanced")
+    rules = live.live_settings_for(project)
+    LiveConversation.objects.create(project=project, annotator=annotator, source_a=a, source_b=b)
+    LiveConversation.objects.create(project=project, annotator=annotator, source_a=c, source_b=a)
+    rng = random.Random(0)
+    for _ in range(10):  # (b, c) is the only pair not compared yet, in either order
+        assert {x.name for x in live.draw_pair(rules, rng)} == {"b", "c"}
+    rules.pairing = "random"
+    assert {frozenset(x.name for x in live.draw_pair(rules, rng)) for _ in range(60)} == {frozenset("ab"), frozenset("bc"), frozenset("ac")}
