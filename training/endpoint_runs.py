@@ -16,6 +16,7 @@ counts prompts; cancel stops at the next prompt (the tasks already made are whol
 
 from __future__ import annotations
 
+import threading
 import time
 from itertools import combinations
 
@@ -142,12 +143,22 @@ def stage_endpoints(run, reporter) -> dict:
     priority = int(run.config.get("priority", TASK_PRIORITY))
     names = [endpoints[pk].name for pk in ids]
     reporter.log(f"asking {', '.join(names)} for replies to {len(prompts)} prompts ({pairing})")
-    retries = {"count": 0}
+    retries: list[str] = []  # filled by the request threads, logged by this one (no database work in those threads)
+    retries_lock = threading.Lock()
 
     def on_retry(key, error, wait):
-        retries["count"] += 1
-        if retries["count"] <= MAX_FAILURES_LOGGED:
-            reporter.log(f"{endpoints[key].name}: {error.message}; retrying in {wait:.1f} s")
+        with retries_lock:
+            retries.append(f"{endpoints[key].name}: {error.message}; retrying in {wait:.1f} s")
+
+    logged = 0
+
+    def log_retries() -> None:  # the first MAX_FAILURES_LOGGED retries go to the run's log
+        nonlocal logged
+        with retries_lock:
+            fresh = retries[logged:MAX_FAILURES_LOGGED]
+        logged += len(fresh)
+        for line in fresh:
+            reporter.log(line)
 
     started, done, created, identical = time.monotonic(), 0, 0, 0
     failures: list[dict] = []
@@ -156,6 +167,7 @@ def stage_endpoints(run, reporter) -> dict:
     )
     try:
         for outcome in outcomes:
+            log_retries()
             if reporter.should_stop():
                 raise TrainingCancelled("stopped on request")
             if outcome is None:
@@ -178,6 +190,7 @@ def stage_endpoints(run, reporter) -> dict:
             reporter.on_progress({"step": done, "fraction": done / len(prompts)})
     finally:
         outcomes.close()
+    log_retries()
     seconds = time.monotonic() - started
     answered = done - len(failures)
     reporter.log(
@@ -186,7 +199,7 @@ def stage_endpoints(run, reporter) -> dict:
     )
     return {
         "endpoints": names, "prompts": len(prompts), "prompts_answered": answered, "prompts_failed": len(failures),
-        "tasks_created": created, "identical_pairs": identical, "retries": retries["count"],
+        "tasks_created": created, "identical_pairs": identical, "retries": len(retries),
         "replies_per_second": round(answered * len(ids) / seconds, 3) if seconds > 0 else None,
         "failures": failures[:MAX_FAILURES_LISTED],
     }
