@@ -437,8 +437,13 @@ def test_two_processes_make_the_update_of_one(tiny_policy_dir, tmp_path):
         assert a["pairs"] == b["pairs"]
         for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "kl", "lr", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-5), (a["step"], key)
-        # at step 1 policy = reference: implicit rewards are float noise (~1e-6), so a pair may tip either way
-        assert b["rewards/accuracy"] == pytest.approx(a["rewards/accuracy"], abs=1 / 16 if a["step"] == 1 else 1e-9)
+        if a["step"] == 1:
+            # policy = reference: the algorithm makes every implicit reward 0; what is left is float
+            # noise (~1e-6) whose sign, and so which pairs count as "right", depends on the CPU's
+            # rounding (#20): assert the zeros, not the accuracy of noise
+            assert abs(a["rewards/chosen"]) < 1e-4 and abs(a["rewards/rejected"]) < 1e-4 and abs(b["rewards/margin"]) < 1e-4
+        else:
+            assert b["rewards/accuracy"] == pytest.approx(a["rewards/accuracy"], abs=1e-9)
     assert two["val_accuracy"] == metrics["val_accuracy"]
     assert two["checksum"] == pytest.approx(sum(p.double().sum().item() for p in policy.parameters()), rel=1e-6)
     assert one[-1]["kl"] != 0.0  # the policy moved
