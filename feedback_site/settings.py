@@ -85,11 +85,13 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_HTTP_RESPONSE_CODE = 429
-_proxies = int(os.environ.get("PROXY_COUNT", "0"))
-# ipware counts the proxies listed inside X-Forwarded-For; deploy/nginx sets the header to the
-# connecting address only (clients cannot forge it), and nginx itself is REMOTE_ADDR
-AXES_IPWARE_PROXY_COUNT = _proxies - 1 if _proxies else None
-AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR") if _proxies else ("REMOTE_ADDR",)
+# Trusted proxies in front of the app: the client's address is the PROXY_COUNT-th entry from
+# the right of X-Forwarded-For (feedback_site/client_ip.py); 0: the connection's address.
+_proxies = os.environ.get("PROXY_COUNT", "0").strip()
+if not _proxies.isdigit() or int(_proxies) > 10:
+    raise ImproperlyConfigured(f"PROXY_COUNT must be a whole number from 0 to 10, not {_proxies!r}")
+PROXY_COUNT = int(_proxies)
+AXES_CLIENT_IP_CALLABLE = "feedback_site.client_ip.client_ip"
 
 ROOT_URLCONF = "feedback_site.urls"
 WSGI_APPLICATION = "feedback_site.wsgi.application"

@@ -98,3 +98,24 @@ def test_demo_accounts_pass_the_validators(db):
 
     for username, password, is_admin in DEMO_ACCOUNTS:
         assert create_annotator(username=username, password=password, is_admin=is_admin).check_password(password)
+
+
+@pytest.mark.parametrize(
+    "proxies, forwarded, expected",
+    [
+        (0, "203.0.113.9", "10.0.0.1"),  # no proxy: the header is the client's own claim
+        (1, "203.0.113.9", "203.0.113.9"),  # nginx sets it to its client's address
+        (1, "6.6.6.6, 203.0.113.9", "203.0.113.9"),  # what the client wrote in front counts for nothing
+        (2, "198.51.100.7, 203.0.113.9", "198.51.100.7"),  # a load balancer, then nginx
+        (2, "203.0.113.9", "10.0.0.1"),  # fewer entries than proxies: the connection's address
+        (1, "not-an-address", "10.0.0.1"),
+        (1, "", "10.0.0.1"),
+        (1, "2001:db8::1", "2001:db8::1"),
+    ],
+)
+def test_the_client_address_behind_proxies(settings, rf, proxies, forwarded, expected):
+    from feedback_site.client_ip import client_ip
+
+    settings.PROXY_COUNT = proxies
+    request = rf.get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded)
+    assert client_ip(request) == expected

@@ -1,12 +1,17 @@
-"""The live page's streams under the production setup of deploy/: nginx sends the stream URL
-to a gunicorn of its own with threads (deploy/gunicorn-live.conf.py), unbuffered. Checked
-here with the real nginx site and both gunicorn configs on the test database: an event
-reaches the browser while the model is still writing (nothing waits for the end of the
-stream), and while more streams are open than the site has sync workers, pages are still
-answered."""
+"""The production setup of deploy/ on the test database: the real nginx site in front of both
+gunicorn configs (the site's sync workers and the live streams' threads), with PROXY_COUNT=1.
+
+- The live page's streams: an event reaches the browser while the model is still writing
+  (nothing waits for the end of the stream), and while more streams are open than the site
+  has sync workers, pages are still answered.
+- The sign-in throttle tells clients apart behind nginx: one client's failed sign-ins lock
+  out that client, not everybody (clients on two loopback addresses, 127.0.0.2 and 127.0.0.1).
+"""
 
 import http.client
+import re
 import json
+import secrets
 import signal
 import subprocess
 import sys
@@ -14,13 +19,14 @@ import threading
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connection
 from django.test import Client
 
 from inference.models import ModelEndpoint
 from labeling import live
 from labeling.models import Project
-from labeling.services import create_annotator
+from labeling.services import api_token, create_annotator
 
 from .test_deploy import DEPLOY, LOGIN, REPO, WORKERS, app_environment, collected, free_port, main_config, render_site, stop, tls, wait_for_port  # noqa: F401
 from .conftest import find_binary
@@ -146,3 +152,40 @@ def test_streams_pass_nginx_unbuffered_and_leave_the_sync_workers_free(transacti
         assert rest and rest[-1][0] == "done", rest
         conn.close()
     assert sorted(set(live.LiveTurn.objects.values_list("status", flat=True))) == ["ready"]
+
+
+def request_from(address: str, stack, method: str, path: str, headers: dict | None = None, body: str | None = None):
+    conn = http.client.HTTPSConnection("127.0.0.1", stack["port"], context=stack["tls"], timeout=15, source_address=(address, 0))
+    conn.request(method, path, body=body, headers={"Host": "127.0.0.1", **(headers or {})})
+    response = conn.getresponse()
+    content = response.read()
+    conn.close()
+    return response, content
+
+
+def test_one_clients_failed_sign_ins_lock_out_that_client_only(transactional_db, stack):
+    """The attacker's reproduction from #19: five wrong tokens from one client used to lock
+    every client out for 15 minutes (nginx made them all 127.0.0.1)."""
+    user = create_annotator(username="victim", password="the-right-password-1")
+    # hashed as production does (the tests' own hasher is a fast one the stack does not know)
+    user.password = PBKDF2PasswordHasher().encode("the-right-password-1", PBKDF2PasswordHasher().salt())
+    user.save(update_fields=["password"])
+    token = api_token(user).key
+    answers = [
+        request_from("127.0.0.2", stack, "GET", "/api/v1/me/stats/", {"Authorization": f"Token {secrets.token_hex(20)}"})[0].status
+        for _ in range(5)
+    ]
+    assert answers[:4] == [401] * 4 and answers[4] in (401, 429), answers  # the fifth failure locks
+    response, _ = request_from("127.0.0.2", stack, "GET", "/api/v1/me/stats/", {"Authorization": f"Token {token}"})
+    assert response.status == 429  # the attacker's address is locked, even with a valid token
+    # everybody else is not: a valid token and a correct password from another address
+    response, _ = request_from("127.0.0.1", stack, "GET", "/api/v1/me/stats/", {"Authorization": f"Token {token}"})
+    assert response.status == 200
+    page, content = request_from("127.0.0.1", stack, "GET", "/accounts/login/")
+    cookie = page.getheader("Set-Cookie").split(";")[0]
+    form_token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', content).group(1).decode()
+    body = f"csrfmiddlewaretoken={form_token}&username=victim&password=the-right-password-1"
+    signed_in, _ = request_from("127.0.0.1", stack, "POST", "/accounts/login/", {
+        "Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded", "Referer": "https://127.0.0.1/accounts/login/",
+    }, body)
+    assert signed_in.status == 302 and signed_in.getheader("Location") == "/"
