@@ -60,6 +60,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "feedback_site.charset.RequestCharsetMiddleware",  # before anything decodes a body: text encodings only
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "feedback_site.db_errors.DatabaseUnavailableMiddleware",  # 503 + Retry-After when the database is away
     "django.contrib.sessions.middleware.SessionMiddleware",

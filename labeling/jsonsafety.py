@@ -6,7 +6,8 @@ the parser or failing at the database.
   deep).
 - `first_unstorable`: a NUL character or a lone UTF-16 surrogate in a key or string, which
   PostgreSQL cannot store in text or jsonb.
-- `loads`: json.loads with both checks and without NaN / Infinity; ValueError says why.
+- `loads`: json.loads with both checks and without NaN / Infinity (written, or a number too
+  large for a float such as 1e999); ValueError says why.
 """
 
 from __future__ import annotations
@@ -69,12 +70,21 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one too large for a float (1e999, -1e400) would become an
+    infinity, which no database stores: refused like NaN."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is too large")
+    return value
+
+
 def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH):
     """Parse JSON text; ValueError (with the reason) on deep nesting, NaN / Infinity, NUL or lone surrogates."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     if nesting_depth_exceeds(raw, max_depth):
         raise ValueError(f"nested deeper than {max_depth} levels")
-    value = json.loads(data, parse_constant=_refuse_constant)
+    value = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     where = first_unstorable(value)
     if where:
         raise ValueError(f"{where}: contains a NUL character or a lone surrogate, which cannot be stored")

@@ -144,14 +144,50 @@ class PromptFormat(models.TextChoices):
     HH = "hh", "HH-RLHF transcript"
 
 
+def validate_messages(value) -> None:
+    """A conversation as the importers accept it (a form that edits one, the Django admin's,
+    must not store what the pages and the trainers cannot read)."""
+    from .importing.formats import RecordError, check_messages
+
+    try:
+        check_messages(value)
+    except RecordError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def validate_storable_json(value) -> None:
+    """JSON any database stores: no NaN or infinity, no NUL or lone surrogate, not nested too deep."""
+    import json
+
+    from .jsonsafety import MAX_JSON_DEPTH, first_unstorable, nesting_depth_exceeds
+
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"is not storable JSON ({exc})") from None
+    except RecursionError:
+        raise ValidationError(f"is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if nesting_depth_exceeds(text.encode(), MAX_JSON_DEPTH):
+        raise ValidationError(f"is nested deeper than {MAX_JSON_DEPTH} levels")
+    where = first_unstorable(value)
+    if where:
+        raise ValidationError(f"{where}: contains a NUL character or a lone surrogate")
+
+
+def validate_metadata(value) -> None:
+    if not isinstance(value, dict):
+        raise ValidationError("must be a JSON object")
+    validate_storable_json(value)
+
+
 class Prompt(models.Model):
     """A conversation context: a list of {role, content}, the last turn the user's."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
-    messages = models.JSONField()
+    messages = models.JSONField(validators=[validate_messages, validate_storable_json])
     source_format = models.CharField(max_length=8, choices=PromptFormat.choices, default=PromptFormat.TEXT)
     source = models.CharField(max_length=200, blank=True, help_text="Where it came from (file name).")
-    metadata = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
     content_hash = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -161,8 +197,10 @@ class Prompt(models.Model):
         ]
 
     def __str__(self) -> str:
-        last = self.messages[-1]["content"] if self.messages else ""
-        return last[:80]
+        # also for a prompt a form is about to refuse (the admin names it on its error page)
+        last = self.messages[-1] if isinstance(self.messages, list) and self.messages else None
+        content = last.get("content") if isinstance(last, dict) else None
+        return content[:80] if isinstance(content, str) else f"prompt {self.pk}"
 
 
 class Response(models.Model):

@@ -157,8 +157,30 @@ class ProjectTrainingSettings(models.Model):
         default=32, help_text="held-out prompts (never trained on) on which a new policy must beat its reference"
     )
 
+    # the trainer overrides, each checked as a run's config is (training/run_config.py)
+    STAGE_CONFIGS = {"reward_config": "reward", "ppo_config": "ppo", "dpo_config": "dpo", "online_rl_config": "rloo", "sampling_config": "sampling"}
+
     def __str__(self) -> str:
         return f"training settings of {self.project}"
+
+    def clean(self):
+        """What any form (the console's, the Django admin's) saves must be what a run can read."""
+        from django.core.exceptions import ValidationError
+
+        from .run_config import config_problems
+
+        super().clean()
+        problems = {}
+        for field, stage in self.STAGE_CONFIGS.items():
+            value = getattr(self, field)
+            if not isinstance(value, dict):
+                problems[field] = 'must be a JSON object, e.g. {"epochs": 2}'
+                continue
+            found = config_problems({stage: value})
+            if found:
+                problems[field] = "; ".join(f"{path}: {reason}" for path, reason in found)
+        if problems:
+            raise ValidationError(problems)
 
 
 class ReplyScore(models.Model):

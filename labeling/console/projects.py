@@ -130,7 +130,7 @@ class SafeJSONField(forms.JSONField):
 class TrainingSettingsForm(forms.ModelForm):
     """The project's training settings; the JSON overrides are checked as a run config is."""
 
-    STAGES = {"reward_config": "reward", "ppo_config": "ppo", "dpo_config": "dpo", "online_rl_config": "rloo", "sampling_config": "sampling"}
+    STAGES = ProjectTrainingSettings.STAGE_CONFIGS
 
     class Meta:
         model = ProjectTrainingSettings

@@ -72,7 +72,7 @@ def response_set_hash(prompt_hash: str, reply_hashes: list[str], identity: str =
 # --------------------------------------------------------------------------- validation
 
 
-def _check_messages(messages, what: str = "messages") -> list[dict]:
+def check_messages(messages, what: str = "messages") -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise RecordError(f"'{what}' must be a non-empty list of {{role, content}} objects")
     cleaned = []
@@ -133,7 +133,7 @@ def parse_jsonl_object(obj: dict, line: int, max_responses: int) -> ImportRecord
     if "messages" in obj and "prompt" in obj:
         raise RecordError("give either 'prompt' or 'messages', not both")
     if "messages" in obj:
-        messages, source_format = _check_messages(obj["messages"]), "chat"
+        messages, source_format = check_messages(obj["messages"]), "chat"
     elif "prompt" in obj:
         prompt = obj["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
@@ -181,7 +181,7 @@ def parse_hh_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
     context = chosen_turns[:-1]
     if context != rejected_turns[:-1]:
         raise RecordError("'chosen' and 'rejected' do not share the same conversation before the last reply")
-    messages = _check_messages(context, "conversation")
+    messages = check_messages(context, "conversation")
     responses = _check_responses([chosen_turns[-1]["content"], rejected_turns[-1]["content"]], max_responses)
     return ImportRecord(line, messages, responses, "hh", {}, labelled=True)
 
@@ -205,7 +205,7 @@ def parse_trl_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
             raise RecordError("'prompt' is empty")
         messages, source_format = [{"role": "user", "content": prompt}], "text"
     elif isinstance(prompt, list):
-        messages, source_format = _check_messages(prompt, "prompt"), "chat"
+        messages, source_format = check_messages(prompt, "prompt"), "chat"
     else:
         raise RecordError("'prompt' must be a string or a list of messages")
     for key in ("chosen", "rejected"):

@@ -37,6 +37,7 @@ from ..models import (
 from .formats import FORMATS, PROMPTS_FORMAT, ImportRecord, RecordError, batched, iter_records, response_set_hash, text_hash
 
 BATCH_SIZE = 500
+SOURCE_CHARS = Prompt._meta.get_field("source").max_length
 MAX_REPORTED_ERRORS = 100
 LABELLED_FORMATS = ("hh", "trl")
 
@@ -214,6 +215,7 @@ def import_steps(
     report = ImportReport()
     errors: list[tuple[int, str]] = []
     read = 0
+    source = source[:SOURCE_CHARS]  # a file name of any length (Prompt.source holds 200)
 
     def valid_records():
         nonlocal read
@@ -275,7 +277,7 @@ def import_prompts(*, project: Project, stream: io.BufferedIOBase, source: str, 
             if digest not in ids:
                 if digest not in existing:
                     existing[digest] = Prompt.objects.create(
-                        project=project, messages=record.messages, source_format=record.source_format, source=source[:200],
+                        project=project, messages=record.messages, source_format=record.source_format, source=source[:SOURCE_CHARS],
                         metadata=record.metadata, content_hash=digest,
                     ).pk
                 ids[digest] = existing[digest]

@@ -144,6 +144,6 @@ class EndpointRunView(APIView):
             stream = upload.file if hasattr(upload.file, "readline") else io.BytesIO(upload.read())
         run = start_endpoint_run(
             project=project, config=data, prompts_file=stream,
-            source=os.path.basename(upload.name or "upload")[:200] if upload else "", requested_by=request.user,
+            source=os.path.basename(upload.name or "upload") if upload else "", requested_by=request.user,
         )
         return Response(RunOutput(run).data, status=status.HTTP_202_ACCEPTED)
