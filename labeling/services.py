@@ -775,6 +775,8 @@ def set_assigned_projects(*, user, projects, by) -> None:
 def pause_annotator(*, project: Project, annotator, reason: str, by=None) -> AnnotatorPause:
     """Pause `annotator` on `project` (no new tasks there); idempotent: an open pause is kept as it is.
     `by` None: paused automatically. Their open leases in the project end, so those tasks return to the pool."""
+    if by is not None:
+        _refuse_change(annotator, by)  # a labeling admin cannot pause a superuser
     reason = storable_text(reason).strip()[:2000] or "paused by a labeling admin"
     with transaction.atomic():
         get_user_model().objects.select_for_update().filter(pk=annotator.pk).first()  # meets assign_next_task's lock

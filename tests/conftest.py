@@ -108,17 +108,17 @@ def project(db):
 
 @pytest.fixture
 def annotator(db):
-    return create_annotator(username="alice", password="alice-pass")
+    return create_annotator(username="alice", password="wonderland-key-1")
 
 
 @pytest.fixture
 def other_annotator(db):
-    return create_annotator(username="bob", password="bob-pass")
+    return create_annotator(username="bob", password="builder-key-2")
 
 
 @pytest.fixture
 def admin_user(db):
-    return create_annotator(username="admin", password="admin-pass", is_admin=True)
+    return create_annotator(username="admin", password="keeper-of-keys-3", is_admin=True)
 
 
 @pytest.fixture

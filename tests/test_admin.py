@@ -51,7 +51,7 @@ def test_annotators_cannot_open_the_admin(client, annotator):
 def test_a_labeling_admin_signs_in_to_the_admin_and_uses_it(client, admin_user, annotator, judged, project):
     """Not a superuser: the labeling_admins group's permissions are what the README promises."""
     assert not admin_user.is_superuser
-    signed_in = client.post("/admin/login/?next=/admin/", {"username": "admin", "password": "admin-pass", "next": "/admin/"})
+    signed_in = client.post("/admin/login/?next=/admin/", {"username": "admin", "password": "keeper-of-keys-3", "next": "/admin/"})
     assert signed_in.status_code == 302, signed_in.content[:500]
     home = client.get("/admin/")
     for section in (b"Projects", b"Comparison tasks", b"Judgements", b"Training runs", b"Model versions", b"Periodic tasks", b"Access attempts"):

@@ -33,7 +33,7 @@ def cell(page, name):
 def test_annotator_judges_three_tasks_by_keyboard_and_skips_one(live_server, transactional_db, browser):
     project = Project.objects.create(name="browser project", overlap_k=1, gold_rate=0, guidelines="Prefer **correct** replies.")
     import_items(project, make_items(5))
-    create_annotator(username="kim", password="kim-secret-pass")
+    create_annotator(username="kim", password="garden-gate-secret")
     page = browser.new_page()
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -42,7 +42,7 @@ def test_annotator_judges_three_tasks_by_keyboard_and_skips_one(live_server, tra
     page.wait_for_selector("#id_username:focus")  # autofocus: no click needed
     page.keyboard.type("kim")
     page.keyboard.press("Tab")
-    page.keyboard.type("kim-secret-pass")
+    page.keyboard.type("garden-gate-secret")
     page.keyboard.press("Enter")
     page.wait_for_selector("table.progress")
     assert (cell(page, "judged-today"), cell(page, "tasks-left")) == (0, 5)

@@ -278,9 +278,9 @@ def test_a_password_reset_lifts_a_sign_in_lockout(boss_client, kim):
 
 
 def test_an_admin_changing_their_own_password_stays_signed_in(boss_client, boss):
-    boss_client.post(person_url(boss, "password"), {"password": "boss-new-pass-77q"})
+    boss_client.post(person_url(boss, "password"), {"password": "corner-office-new-77q"})
     boss.refresh_from_db()
-    assert boss.check_password("boss-new-pass-77q")
+    assert boss.check_password("corner-office-new-77q")
     assert boss_client.get(reverse("console:people")).status_code == 200
 
 
@@ -483,3 +483,32 @@ def test_projects_api_reads_and_writes_open_to_all_and_annotators_for_admins_onl
 
     old_client = admin_api.post("/api/v1/projects/", {"name": "old client"}, format="json").json()
     assert old_client["open_to_all"] is True and old_client["annotators"] == []  # existing clients: open to all
+
+
+@pytest.mark.parametrize("password", ["alicealice", "Alice-2026-long", "my-ALICE-pass"])
+def test_passwords_that_contain_the_username_are_refused(password, db):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError, match="contains the username"):
+        create_annotator(username="alice", password=password)
+    create_annotator(username="al", password="al-is-short-enough")  # two letters say nothing
+
+
+def test_the_person_page_with_the_token_is_never_cached(client, admin_user, annotator):
+    client.force_login(admin_user)
+    response = client.get(f"/manage/people/{annotator.pk}/")
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+
+
+def test_a_labeling_admin_cannot_pause_a_superuser_and_ids_are_ascii(client, admin_user, project):
+    from django.contrib.auth import get_user_model
+
+    from labeling.models import AnnotatorPause
+
+    boss = get_user_model().objects.create_superuser("chief", password="the-top-password-9")
+    client.force_login(admin_user)
+    page = client.post(f"/manage/projects/{project.pk}/quality/pause/", {"annotator": str(boss.pk), "action": "pause", "reason": "x"}, follow=True)
+    assert "Not paused" in page.content.decode() and not AnnotatorPause.objects.exists()
+    fullwidth = "".join(chr(ord("０") + int(d)) for d in str(admin_user.pk))  # "１" is not user 1
+    page = client.post(f"/manage/projects/{project.pk}/quality/pause/", {"annotator": fullwidth, "action": "pause"}, follow=True)
+    assert "no such person" in page.content.decode() and not AnnotatorPause.objects.exists()

@@ -18,7 +18,7 @@ from .test_browser import browser  # noqa: F401 - the chromium fixture
 pytestmark = [pytest.mark.browser]
 
 ADMIN_PASSWORD = "admin-browser-pass-5t"
-NEW_PASSWORD = "nora-browser-pass-9w"
+NEW_PASSWORD = "first-day-browser-9w"
 
 
 def shot(page, name):

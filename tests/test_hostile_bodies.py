@@ -51,7 +51,7 @@ def test_a_form_in_an_encoding_django_cannot_parse_is_a_400(client, charset):
 
 @pytest.mark.parametrize("charset", ["utf-8", "UTF-8"])
 def test_a_utf8_form_still_works(client, annotator, charset):
-    response = client.generic("POST", "/accounts/login/", b"username=alice&password=alice-pass",
+    response = client.generic("POST", "/accounts/login/", b"username=alice&password=wonderland-key-1",
                               content_type=f"application/x-www-form-urlencoded; charset={charset}")
     assert response.status_code == 302, response.content[:300]
 

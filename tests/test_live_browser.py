@@ -29,13 +29,13 @@ def live_project(*endpoints) -> Project:
 
 
 def sign_in(browser, live_server):  # noqa: F811
-    create_annotator(username="lee", password="lee-secret-pass")
+    create_annotator(username="lee", password="river-stone-secret")
     page = browser.new_page()
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(f"{live_server.url}/accounts/login/")
     page.fill("#id_username", "lee")
-    page.fill("#id_password", "lee-secret-pass")
+    page.fill("#id_password", "river-stone-secret")
     with page.expect_navigation():
         page.keyboard.press("Enter")
     return page, errors

@@ -21,7 +21,7 @@ def sign_in(client, url, username, password, ip):
 @pytest.mark.parametrize("url", ["/accounts/login/", "/admin/login/"])
 def test_a_username_is_locked_after_the_limit_wherever_the_attempts_come_from(client, annotator, admin_user, url):
     username = admin_user.username if url.startswith("/admin") else annotator.username
-    password = "admin-pass" if url.startswith("/admin") else "alice-pass"
+    password = "keeper-of-keys-3" if url.startswith("/admin") else "wonderland-key-1"
     for i in range(LIMIT - 1):
         assert sign_in(client, url, username, "wrong", f"10.0.0.{i + 1}").status_code == 200  # the form again, with its error
     assert sign_in(client, url, username, "wrong", "10.0.0.99").status_code == 429  # the LIMIT-th failure locks
@@ -35,19 +35,19 @@ def test_a_username_is_locked_after_the_limit_wherever_the_attempts_come_from(cl
 def test_an_address_is_locked_after_the_limit_whatever_the_usernames(client, annotator, other_annotator):
     for i in range(LIMIT):
         sign_in(client, "/accounts/login/", f"guess{i}", "wrong", "10.9.9.9")
-    assert sign_in(client, "/accounts/login/", "bob", "bob-pass", "10.9.9.9").status_code == 429
-    ok = sign_in(client, "/accounts/login/", "bob", "bob-pass", "10.9.9.10")
+    assert sign_in(client, "/accounts/login/", "bob", "builder-key-2", "10.9.9.9").status_code == 429
+    ok = sign_in(client, "/accounts/login/", "bob", "builder-key-2", "10.9.9.10")
     assert ok.status_code == 302 and client.session["_auth_user_id"] == str(other_annotator.pk)
 
 
 def test_fewer_failures_than_the_limit_then_success_resets_the_count(client, annotator):
     for _ in range(LIMIT - 1):
         sign_in(client, "/accounts/login/", "alice", "wrong", "10.1.1.1")
-    assert sign_in(client, "/accounts/login/", "alice", "alice-pass", "10.1.1.1").status_code == 302
+    assert sign_in(client, "/accounts/login/", "alice", "wonderland-key-1", "10.1.1.1").status_code == 302
     client.logout()
     for _ in range(LIMIT - 1):
         sign_in(client, "/accounts/login/", "alice", "wrong", "10.1.1.1")
-    assert sign_in(client, "/accounts/login/", "alice", "alice-pass", "10.1.1.1").status_code == 302
+    assert sign_in(client, "/accounts/login/", "alice", "wonderland-key-1", "10.1.1.1").status_code == 302
 
 
 def test_wrong_api_tokens_lock_the_address(annotator):
@@ -67,7 +67,7 @@ def test_wrong_api_tokens_lock_the_address(annotator):
 def test_an_admin_unlocks_in_the_django_admin(client, annotator, admin_user):
     for i in range(LIMIT):
         sign_in(client, "/accounts/login/", "alice", "wrong", "10.2.2.2")
-    assert sign_in(client, "/accounts/login/", "alice", "alice-pass", "10.2.2.3").status_code == 429
+    assert sign_in(client, "/accounts/login/", "alice", "wonderland-key-1", "10.2.2.3").status_code == 429
     admin = type(client)()
     admin.force_login(admin_user)
     page = admin.get("/admin/axes/accessattempt/")
@@ -76,7 +76,7 @@ def test_an_admin_unlocks_in_the_django_admin(client, annotator, admin_user):
     confirm = admin.post("/admin/axes/accessattempt/", {"action": "delete_selected", "_selected_action": ids, "post": "yes"})
     assert confirm.status_code == 302
     assert not AccessAttempt.objects.filter(username="alice").exists()
-    assert sign_in(client, "/accounts/login/", "alice", "alice-pass", "10.2.2.3").status_code == 302
+    assert sign_in(client, "/accounts/login/", "alice", "wonderland-key-1", "10.2.2.3").status_code == 302
 
 
 @pytest.mark.parametrize("password, reason", [

@@ -264,7 +264,7 @@ def test_dashboard_starts_a_reward_run_and_shows_progress_version_and_chart(loop
     rules.reward_config = {"lr": 1e-3, "epochs": 4, "batch_size": 8}
     rules.reward_min_judgements = SMALL_DATA
     rules.save()
-    create_annotator(username="boss", password="boss-secret-pass", is_admin=True)
+    create_annotator(username="boss", password="corner-office-secret", is_admin=True)
     worker = loop_env["start_worker"]()
 
     with sync_playwright() as playwright:
@@ -274,7 +274,7 @@ def test_dashboard_starts_a_reward_run_and_shows_progress_version_and_chart(loop
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(f"{live_server.url}/accounts/login/?next=/training/%3Fproject%3D{project.pk}")
         page.fill("#id_username", "boss")
-        page.fill("#id_password", "boss-secret-pass")
+        page.fill("#id_password", "corner-office-secret")
         page.keyboard.press("Enter")
         page.wait_for_selector("#dashboard")
         page.click("#start-reward")

@@ -18,6 +18,7 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q
 from django.http import HttpResponseNotAllowed
+from django.utils.cache import add_never_cache_headers
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.utils import timezone
@@ -170,7 +171,9 @@ def _render_person(request, person, *, password_form=None, role_form=None, proje
         "projects_form": projects_form or ProjectsForm(initial={"projects": assigned}),
         "token": None if refusal else services.api_token(person),
     }
-    return render(request, "console/people_detail.html", context)
+    response = render(request, "console/people_detail.html", context)
+    add_never_cache_headers(response)  # it shows the person's API token: no copy in any cache
+    return response
 
 
 @labeling_admin_required

@@ -3,6 +3,8 @@ Cohen's kappa per pair, agreement with the majority), each annotator's quality a
 figures with the flags of the project's thresholds, pausing and lifting, the thresholds
 themselves. Computed from the database on each visit (labeling.quality_data)."""
 
+import re
+
 from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
@@ -10,6 +12,7 @@ from django.http import HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 
 from .. import services
+from ..exceptions import LabelingError
 from ..models import Project, ProjectQualitySettings
 from ..quality_data import quality_report, quality_settings_for
 from .charts import interval_chart
@@ -97,7 +100,8 @@ def quality_pause(request, project_id: int):
         return HttpResponseNotAllowed(["POST"])
     project = get_object_or_404(Project, pk=project_id)
     raw = request.POST.get("annotator", "")
-    annotator = get_user_model().objects.filter(pk=int(raw)).first() if raw.isdigit() and len(raw) < 19 else None
+    # ASCII digits only: str.isdigit() also takes "１" (fullwidth), which int() reads as 1
+    annotator = get_user_model().objects.filter(pk=int(raw)).first() if re.fullmatch(r"[0-9]{1,18}", raw) else None
     if annotator is None:
         messages.warning(request, "annotator: no such person.")
     elif request.POST.get("action") == "lift":
@@ -105,6 +109,10 @@ def quality_pause(request, project_id: int):
         messages.success(request, f"“{annotator.username}” may take tasks again." if lifted else f"“{annotator.username}” was not paused.")
     else:
         reason = request.POST.get("reason", "")
-        services.pause_annotator(project=project, annotator=annotator, reason=reason, by=request.user)
-        messages.success(request, f"“{annotator.username}” is paused on this project.")
+        try:
+            services.pause_annotator(project=project, annotator=annotator, reason=reason, by=request.user)
+        except LabelingError as error:
+            messages.warning(request, f"Not paused: {error.message}.")
+        else:
+            messages.success(request, f"“{annotator.username}” is paused on this project.")
     return redirect("console:quality", project_id=project.pk)

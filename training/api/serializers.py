@@ -55,7 +55,9 @@ class StageOutput(serializers.Serializer):
 
 
 class RunOutput(serializers.ModelSerializer):
-    requested_by = serializers.CharField(source="requested_by.username", default=None)
+    requested_by = serializers.CharField(
+        source="requested_by.username", default=None, allow_null=True, help_text="who asked; null for scheduled runs and stages"
+    )
     versions = serializers.SerializerMethodField()
     eta_seconds = serializers.SerializerMethodField(help_text="seconds left, extrapolated from progress (running runs only)")
     duration_seconds = serializers.SerializerMethodField(help_text="finished_at - started_at; for a running run, the time so far")
