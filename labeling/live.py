@@ -42,6 +42,7 @@ from .importing.formats import content_hash
 from .models import (
     AnnotatorPause,
     Assignment,
+    AssignmentState,
     Choice,
     Judgement,
     LiveConversation,
@@ -285,6 +286,11 @@ def judge(*, turn_id: int, annotator, judgement: services.JudgementInput):
     turn = own_turn(turn_id, annotator)
     if turn.assignment_id is None:
         raise AlreadyClosed("the replies to this turn are not complete yet")
+    # a live task is its annotator's alone: a lease that ran out while they were away is renewed
+    now = timezone.now()
+    Assignment.objects.filter(pk=turn.assignment_id, state=AssignmentState.LEASED, expires_at__lte=now).update(
+        expires_at=now + timedelta(hours=1)
+    )
     stored, created = services.submit_judgement(annotator=annotator, assignment_id=turn.assignment_id, judgement=judgement)
     LiveTurn.objects.filter(pk=turn.pk, status=LiveTurnStatus.READY).update(status=LiveTurnStatus.JUDGED)
     return stored, created

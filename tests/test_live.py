@@ -6,8 +6,10 @@ from the chosen reply; every turn a normal judgement. Against the real `transfor
 import json
 import random
 import re
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from inference.models import ModelEndpoint
 from labeling import live
@@ -151,6 +153,18 @@ def test_a_failed_reply_keeps_nothing_and_can_be_retried(client, annotator, faul
     ModelEndpoint.objects.filter(pk=broken.pk).update(model="echo")
     assert stream(client, turn_id)[-1][0] == "done"
     assert LiveTurn.objects.get(pk=turn_id).attempts == 2
+
+
+def test_a_turn_left_overnight_can_still_be_judged(client, annotator, fault_server):
+    project = live_project(endpoint("a", fault_server.base_url, "ok"), endpoint("b", fault_server.base_url, "echo"))
+    client.force_login(annotator)
+    turn_id = say(client, project).json()["turn"]
+    assert stream(client, turn_id)[-1][0] == "done"
+    turn = LiveTurn.objects.get(pk=turn_id)
+    type(turn.assignment).objects.filter(pk=turn.assignment_id).update(expires_at=timezone.now() - timedelta(hours=12))
+    client.post(f"/live/turns/{turn_id}/judge/", {"choice": "A", "strength": "2", "idempotency_key": "late"})
+    assert Judgement.objects.filter(task=turn.task).count() == 1
+    assert LiveTurn.objects.get(pk=turn_id).status == LiveTurnStatus.JUDGED
 
 
 def test_an_endpoint_down_mid_conversation_keeps_the_earlier_turns(client, annotator, fault_server):
