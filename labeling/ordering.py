@@ -15,6 +15,7 @@ from itertools import combinations
 
 from .models import ComparisonTask, Judgement, JudgementSource, Project, TaskResponse, TaskStatus
 from .quality_data import CHUNK, reply_sources
+from .verdicts import top_share, verdict_key
 
 HALF_AFTER = 20
 
@@ -61,30 +62,14 @@ def store_order_scores(project: Project, scores: dict[int, int]) -> int:
 # fresh tasks, so that its verdict settles. A task agrees when its most common verdict has
 # at least `disagreement_target` (default 3/4) of its judgements: with k = 3, a 2-1 split
 # asks for a fourth judgement, 3-1 settles it, 2-2 asks for a fifth. Verdicts are compared
-# in the task's own terms: the stored ranking (reply ids, tied groups sorted) plus "tie" /
-# "both bad", so two annotators who saw the replies in different orders agree when they
-# preferred the same reply. The decision is taken when a judgement completes the task
+# in the task's own terms (labeling/verdicts.py: the stored ranking plus "tie" / "both bad"),
+# so two annotators who saw the replies in different orders agree when they preferred the
+# same reply. The decision is taken when a judgement completes the task
 # (labeling.services.submit_judgement, on the locked task row: a handful of judgements),
 # and the periodic job (disagreement_sweep) applies it to tasks judged before the mode was
 # on or before overlap_k_max was raised.
 
 ESCALATED_SCORE = 1000
-
-
-def verdict_key(choice: str, ranking) -> tuple:
-    """One judgement's verdict, comparable across annotators and display orders."""
-    groups = tuple(tuple(group) for group in ranking or []) if isinstance(ranking, list) else ()
-    return (choice if choice in ("tie", "both_bad") else "", groups)
-
-
-def top_share(keys: list[tuple]) -> float:
-    """The share of the most common verdict (1.0 for no judgement)."""
-    if not keys:
-        return 1.0
-    counts: dict[tuple, int] = {}
-    for key in keys:
-        counts[key] = counts.get(key, 0) + 1
-    return max(counts.values()) / len(keys)
 
 
 def wants_another(project: Project, judged: int, keys: list[tuple]) -> bool:

@@ -22,6 +22,7 @@ from django.db.models import Count, QuerySet
 
 from .exceptions import InvalidInput
 from .models import AnnotatorPause, Judgement, JudgementSource, Project
+from .verdicts import level_expression
 
 BOOLEAN_OPTIONS = ("exclude_paused", "exclude_flagged", "exclude_failed_gold")
 
@@ -86,12 +87,14 @@ class JudgementFilter:
 
 
 def low_agreement_tasks(project: Project, threshold: float) -> list[int]:
-    """Tasks with two or more human judgements whose most common verdict has a share below `threshold`."""
+    """Tasks with two or more human judgements whose most common verdict (labeling/verdicts.py:
+    the ranking, and tie apart from both bad) has a share below `threshold`."""
     totals: dict[int, int] = {}
     top: dict[int, int] = {}
     verdicts = (
         Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR)
-        .values("task_id", "ranking")
+        .annotate(level=level_expression())
+        .values("task_id", "level", "ranking")
         .annotate(n=Count("id"))
         .order_by()
     )

@@ -73,7 +73,8 @@ def update_order_scores(project: Project, *, limit: int = MAX_REPLIES_PER_CALL, 
     new ones per call) and store each task's uncertainty; balanced: how little its reply
     sources were compared (labeling.ordering); disagreement: reopen completed tasks whose
     judgements disagree (room permitting) and put the tasks waiting for an extra
-    judgement first (labeling.ordering.disagreement_sweep); fifo: clear them. next-task reads the score
+    judgement first (labeling.ordering.disagreement_sweep); fifo, and uncertainty while no reward
+    model is active: clear them (the project page says so). next-task reads the score
     from the task row (task_next_idx), so serving a task costs what it did."""
     if project.task_ordering == "balanced":
         return store_order_scores(project, balance_scores(project))
@@ -82,8 +83,8 @@ def update_order_scores(project: Project, *, limit: int = MAX_REPLIES_PER_CALL, 
     if project.task_ordering != "uncertainty":
         return ComparisonTask.objects.filter(project=project, order_score__gt=0).update(order_score=0)
     version = _active_reward(project)
-    if version is None:
-        return 0
+    if version is None:  # nothing to be uncertain with: scores of an earlier ordering would be stale, so fifo
+        return ComparisonTask.objects.filter(project=project, order_score__gt=0).update(order_score=0)
     open_tasks = ComparisonTask.objects.filter(project=project, status=TaskStatus.OPEN)
     scored = ReplyScore.objects.filter(response=OuterRef("pk"), version=version)
     unscored = (

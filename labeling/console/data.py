@@ -13,7 +13,8 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count, Exists, OuterRef, Q, TextField, Value
+from django.db.models.functions import Cast, Concat
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -40,6 +41,7 @@ from ..models import (
     TaskStatus,
 )
 from ..quality_filter import JudgementFilter
+from ..verdicts import level_expression, verdict_key
 from .common import labeling_admin_required
 
 PAGE_SIZE = 50
@@ -329,13 +331,14 @@ class TaskFilterForm(forms.Form):
 
 
 def disagreement_task_ids(project: Project):
-    """Tasks whose human judgements do not all give the same ranking (stored in response
-    ids, best first, replies in a group sorted: the same verdict is the same value
-    whatever order each annotator saw)."""
+    """Tasks whose human judgements do not all give the same verdict (labeling/verdicts.py:
+    the ranking in response ids, which is the same whatever order each annotator saw, and
+    tie apart from both bad)."""
+    verdict = Concat(level_expression(), Value("|"), Cast("ranking", TextField()), output_field=TextField())
     return (
         Judgement.objects.filter(task__project=project, source=JudgementSource.ANNOTATOR)
         .values("task")
-        .annotate(verdicts=Count("ranking", distinct=True))
+        .annotate(verdicts=Count(verdict, distinct=True))
         .filter(verdicts__gt=1)
         .values("task")
     )
@@ -438,7 +441,7 @@ def task_detail(request, task_id: int):
         {
             "project": task.project, "task": task, "replies": task_responses, "rows": rows, "skips": skips, "leases": leases,
             "gold": names.get(task.gold_response_id) if task.is_gold else None,
-            "disagree": len({json.dumps(j.ranking) for j in judgements if j.source == JudgementSource.ANNOTATOR}) > 1,
+            "disagree": len({verdict_key(j.choice, j.ranking) for j in judgements if j.source == JudgementSource.ANNOTATOR}) > 1,
         },
     )
 

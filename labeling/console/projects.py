@@ -14,7 +14,7 @@ from django.http import HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
-from training.models import ProjectTrainingSettings
+from training.models import ModelVersion, ProjectTrainingSettings
 from training.run_config import config_problems
 
 from .. import jsonsafety, selectors
@@ -269,6 +269,10 @@ def project_detail(request, project_id: int):
     per_day = judgements_per_day(project)
     chart = bar_chart(per_day, title=f"Judgements per day, last {CHART_DAYS} days", y_label="judgements")
     settings_row = ProjectTrainingSettings.objects.filter(project=project).first()
+    # uncertainty needs an active reward model; without one tasks are served in order (training.scoring)
+    uncertainty_waits = project.task_ordering == "uncertainty" and not ModelVersion.objects.filter(
+        project=project, kind="reward", status="active"
+    ).exists()
     return render(
         request,
         "console/project.html",
@@ -280,6 +284,7 @@ def project_detail(request, project_id: int):
             "chart_days": CHART_DAYS,
             "annotators": selectors.annotator_stats(project=project),
             "training": settings_row,
+            "uncertainty_waits": uncertainty_waits,
         },
     )
 
