@@ -119,7 +119,8 @@ def assign_next_task(
     Steps: (1) serialize this annotator's requests by locking their user row; (2) resume
     an unexpired lease they already hold; (3) with probability gold_rate try an unseen gold
     task; (4) otherwise the highest-priority, least-judged open task this annotator has
-    never been assigned whose judgements plus live leases are below k; (5) record the
+    never been assigned whose judgements plus live leases are below k; (5) when none is left,
+    an unseen gold task after all (None means that nothing is left for them); (6) record the
     lease with a shuffled display order.
     """
     now = now or timezone.now()
@@ -144,10 +145,14 @@ def assign_next_task(
             return current
 
         task = None
-        if project.gold_rate > 0 and rng.random() < project.gold_rate:
+        gold_first = project.gold_rate > 0 and rng.random() < project.gold_rate
+        if gold_first:
             task = _lease_gold_task(project, annotator)
         if task is None:
             task = _lease_regular_task(project, annotator, now)
+        if task is None and project.gold_rate > 0 and not gold_first:
+            # no regular task left: the unseen gold ones still are, so that None ("204") means nothing is left
+            task = _lease_gold_task(project, annotator)
         if task is None:
             return None
 
@@ -526,6 +531,33 @@ def skip_task(*, annotator, assignment_id: int, reason: str = "", now: datetime 
         assignment.skip_reason = storable_text(reason.strip())
         assignment.save(update_fields=["state", "completed_at", "skip_reason"])
         return assignment
+
+
+# --------------------------------------------------------------------------- gold tasks
+
+
+def set_gold(*, task_id: int, response_id: int | None) -> ComparisonTask:
+    """Make a task a gold task whose expected answer is `response_id` (one of its replies), or
+    (None) a regular task again. The task's judgements are re-marked against the new answer.
+
+    A gold task is open to every annotator once (it has no overlap cap): making a task gold
+    reopens it; a task that stops being gold is complete once it has its overlap k
+    judgements. An archived task stays archived."""
+    with transaction.atomic():
+        task = ComparisonTask.objects.select_for_update(of=("self",)).select_related("project").filter(pk=task_id).first()
+        if task is None:
+            raise AssignmentNotFound(f"task {task_id} does not exist")
+        if response_id is not None and not TaskResponse.objects.filter(task=task, response_id=response_id).exists():
+            raise InvalidInput(f"reply {response_id} is not one of this task's replies", field="gold_response")
+        task.is_gold, task.gold_response_id = response_id is not None, response_id
+        if task.status != TaskStatus.ARCHIVED:
+            done = not task.is_gold and task.judgement_count >= task.project.overlap_k + task.extra_judgements
+            task.status = TaskStatus.COMPLETE if done else TaskStatus.OPEN
+        task.save(update_fields=["is_gold", "gold_response", "status"])
+        for judgement in Judgement.objects.filter(task=task).only("pk", "choice", "ranking"):
+            Judgement.objects.filter(pk=judgement.pk).update(gold_correct=_gold_correct(task, judgement.ranking, judgement.choice))
+    log.info("task %s: %s", task.pk, f"gold, expected reply {response_id}" if response_id else "not gold")
+    return task
 
 
 # --------------------------------------------------------------------------- generated replies

@@ -164,6 +164,21 @@ class TaskAdminOutput(serializers.ModelSerializer):
         fields = ["id", "project", "prompt", "conversation", "responses", "priority", "status", "is_gold", "gold_response", "judgement_count", "created_at"]
 
 
+class GoldInput(serializers.Serializer):
+    gold_response = serializers.IntegerField(
+        allow_null=True, min_value=1, help_text="the id of the task's reply a careful annotator must prefer; null: not a gold task"
+    )
+
+
+class MyTotalsOutput(serializers.Serializer):
+    """Your totals. No gold figures: a change after a submit would tell a gold task apart
+    (#19); labeling admins see them (/api/v1/annotators/stats/)."""
+
+    judgements = serializers.IntegerField()
+    skips = serializers.IntegerField()
+    mean_time_ms = serializers.IntegerField(allow_null=True)
+
+
 class ImportInput(serializers.Serializer):
     file = serializers.FileField()
     format = serializers.ChoiceField(choices=IMPORT_FORMATS)
@@ -232,4 +247,4 @@ class ProjectProgressOutput(serializers.Serializer):
 class MyStatsOutput(serializers.Serializer):
     username = serializers.CharField()
     projects = ProjectProgressOutput(many=True)
-    totals = AnnotatorStatsOutput(allow_null=True)
+    totals = MyTotalsOutput(allow_null=True)

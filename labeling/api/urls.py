@@ -15,6 +15,7 @@ urlpatterns = [
     path("assignments/<int:assignment_id>/skip/", views.SkipView.as_view(), name="api-skip"),
     path("me/stats/", views.MyStatsView.as_view(), name="api-my-stats"),
     path("tasks/", views.TaskListView.as_view(), name="api-tasks"),
+    path("tasks/<int:task_id>/", views.TaskGoldView.as_view(), name="api-task"),
     path("judgements/", views.JudgementListView.as_view(), name="api-judgements"),
     path("annotators/stats/", views.AnnotatorStatsView.as_view(), name="api-annotator-stats"),
     path("endpoints/", endpoints.EndpointListView.as_view(), name="api-endpoints"),

@@ -25,6 +25,7 @@ from .serializers import (
     AnnotatorStatsOutput,
     AssignmentOutput,
     ExportQuery,
+    GoldInput,
     ImportInput,
     JudgementAdminOutput,
     JudgementInput,
@@ -138,7 +139,8 @@ class SkipView(APIView):
 
 
 class MyStatsView(APIView):
-    """Your own progress per project and your totals (gold accuracy included)."""
+    """Your own progress per project and your totals (judgements, skips, mean time; gold
+    figures are for labeling admins: a change after a submit would tell a gold task apart)."""
 
     @extend_schema(responses=MyStatsOutput)
     def get(self, request):
@@ -171,6 +173,22 @@ class TaskListView(generics.ListAPIView):
         if filters.get("is_gold") is not None:
             queryset = queryset.filter(is_gold=filters["is_gold"])
         return queryset
+
+
+class TaskGoldView(APIView):
+    """Make a task a gold task (`gold_response`: the id of the reply a careful annotator must
+    prefer) or, with null, a regular task again; its judgements are re-marked."""
+
+    permission_classes = [IsLabelingAdmin]
+
+    @extend_schema(request=GoldInput, responses={200: TaskAdminOutput, 400: OpenApiResponse(description="not one of the task's replies"),
+                                                  404: OpenApiResponse(description="no such task")})
+    def patch(self, request, task_id: int):
+        payload = GoldInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        task = services.set_gold(task_id=task_id, response_id=payload.validated_data["gold_response"])
+        task = ComparisonTask.objects.select_related("prompt").prefetch_related("task_responses__response").get(pk=task.pk)
+        return Response(TaskAdminOutput(task).data)
 
 
 class JudgementListView(generics.ListAPIView):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import time
 from urllib.parse import urlencode
@@ -15,16 +16,17 @@ from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
 from django.db.models import Count, Exists, OuterRef, Q, TextField, Value
 from django.db.models.functions import Cast, Concat
-from django.http import HttpResponse, StreamingHttpResponse
+from django.contrib import messages
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 
 from training.models import ModelVersion
 
-from .. import selectors
+from .. import selectors, services
 from ..api.views import export_disposition
-from ..exceptions import ImportFailed, LabelingError
+from ..exceptions import AssignmentNotFound, ImportFailed, InvalidInput, LabelingError
 from ..exporting import AGGREGATES, iter_export_lines
 from ..exporting import FORMATS as EXPORT_FORMATS
 from ..importing.formats import FORMATS as IMPORT_FORMATS
@@ -422,6 +424,25 @@ def describe_judgement(judgement: Judgement, names: dict[int, str]) -> dict:
         for rid, flags in (judgement.reply_flags or {}).items()
     ]
     return {"choice": judgement.choice, "verdict": verdict, "shown": shown, "reply_flags": reply_flags}
+
+
+@labeling_admin_required
+def task_gold(request, task_id: int):
+    """POST gold_response: a reply id (a gold task with that expected answer) or empty (not gold)."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    raw = request.POST.get("gold_response", "")
+    try:
+        if raw and not re.fullmatch(r"[0-9]{1,18}", raw):
+            raise InvalidInput("choose one of the task's replies", field="gold_response")
+        services.set_gold(task_id=task_id, response_id=int(raw) if raw else None)
+    except AssignmentNotFound as error:
+        raise Http404(error.message) from error
+    except LabelingError as error:
+        messages.warning(request, f"Not changed: {error.message}.")
+    else:
+        messages.success(request, "This is now a gold task." if raw else "This is no longer a gold task.")
+    return redirect("console:task", task_id=task_id)
 
 
 @labeling_admin_required

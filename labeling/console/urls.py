@@ -16,6 +16,7 @@ urlpatterns = [
     path("projects/<int:project_id>/export/", data.export_page, name="export"),
     path("projects/<int:project_id>/tasks/", data.task_list, name="tasks"),
     path("tasks/<int:task_id>/", data.task_detail, name="task"),
+    path("tasks/<int:task_id>/gold/", data.task_gold, name="task_gold"),
     path("projects/<int:project_id>/judgements/", data.judgement_list, name="judgements"),
     path("projects/<int:project_id>/quality/", quality.quality_page, name="quality"),
     path("projects/<int:project_id>/quality/settings/", quality.quality_settings, name="quality_settings"),

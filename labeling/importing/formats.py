@@ -48,6 +48,7 @@ class ImportRecord:
     source_format: str  # text / chat / hh
     metadata: dict = field(default_factory=dict)
     labelled: bool = False  # responses[0] is the chosen one
+    gold: int | None = None  # a gold task: the index in `responses` of the reply a careful annotator must prefer
 
     @property
     def prompt_hash(self) -> str:
@@ -144,7 +145,25 @@ def parse_jsonl_object(obj: dict, line: int, max_responses: int) -> ImportRecord
     if "responses" not in obj:
         raise RecordError("missing field 'responses'")
     responses = _check_responses(obj["responses"], max_responses)
-    return ImportRecord(line, messages, responses, source_format, _check_metadata(obj.get("metadata")))
+    return ImportRecord(line, messages, responses, source_format, _check_metadata(obj.get("metadata")), gold=_check_gold(obj, len(responses)))
+
+
+def _check_gold(obj: dict, n_responses: int) -> int | None:
+    """`"gold": N`: a gold task whose expected answer is the N-th reply (1 = the first)."""
+    value = obj.get("gold")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= n_responses:
+        raise RecordError(f"'gold' must name the expected reply by its number, 1 to {n_responses}")
+    return value - 1
+
+
+def _check_gold_flag(obj: dict) -> int | None:
+    """HH and TRL: `"gold": true` makes a gold task whose expected answer is the chosen reply."""
+    value = obj.get("gold", False)
+    if not isinstance(value, bool):
+        raise RecordError("'gold' must be true (the chosen reply is the expected answer) or false")
+    return 0 if value else None
 
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -183,7 +202,7 @@ def parse_hh_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
         raise RecordError("'chosen' and 'rejected' do not share the same conversation before the last reply")
     messages = check_messages(context, "conversation")
     responses = _check_responses([chosen_turns[-1]["content"], rejected_turns[-1]["content"]], max_responses)
-    return ImportRecord(line, messages, responses, "hh", {}, labelled=True)
+    return ImportRecord(line, messages, responses, "hh", {}, labelled=True, gold=_check_gold_flag(obj))
 
 
 def _trl_reply(value, key: str) -> str:
@@ -216,14 +235,14 @@ def parse_trl_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
     responses = _check_responses(
         [_trl_reply(obj["chosen"], "chosen"), _trl_reply(obj["rejected"], "rejected")], max_responses
     )
-    return ImportRecord(line, messages, responses, source_format, {}, labelled=True)
+    return ImportRecord(line, messages, responses, source_format, {}, labelled=True, gold=_check_gold_flag(obj))
 
 
 def parse_prompt_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
     """A prompts-only line (format "prompts": what model endpoints are asked to answer):
     {"prompt": str} or {"messages": [...]}, optional "metadata"; no replies."""
-    if "responses" in obj or "chosen" in obj:
-        raise RecordError("a prompts file holds prompts only: no 'responses', 'chosen' or 'rejected'")
+    if "responses" in obj or "chosen" in obj or "gold" in obj:
+        raise RecordError("a prompts file holds prompts only: no 'responses', 'chosen', 'rejected' or 'gold'")
     with_reply = dict(obj, responses=["-", "--"])  # parse the prompt as a jsonl line would be
     record = parse_jsonl_object(with_reply, line, max(max_responses, 2))
     record.responses = []
@@ -379,7 +398,13 @@ def _iter_csv(stream, *, max_responses: int, max_line_bytes: int):
             if len(cells) > len(header):
                 raise RecordError("more cells than header columns")
             row = dict(zip(header, cells))
-            obj: dict = {"responses": [row[c] for c in response_columns if row.get(c)]}
+            kept = [c for c in response_columns if row.get(c)]
+            obj: dict = {"responses": [row[c] for c in kept]}
+            if row.get("gold"):  # the number of the response_N column; empty cells are left out of the replies
+                column = f"response_{row['gold'].strip()}"
+                if column not in kept:
+                    raise RecordError(f"'gold' must be the number of a non-empty response column, not {row['gold'][:20]!r}")
+                obj["gold"] = kept.index(column) + 1
             if row.get("messages"):
                 obj["messages"] = _csv_cell_json(row, "messages")
             else:

@@ -50,6 +50,7 @@ class ImportReport:
     tasks_created: int = 0
     tasks_already_present: int = 0
     labels_created: int = 0
+    gold_tasks_created: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
     skipped_count: int = 0
 
@@ -61,6 +62,7 @@ class ImportReport:
             "tasks_created": self.tasks_created,
             "tasks_already_present": self.tasks_already_present,
             "labels_created": self.labels_created,
+            "gold_tasks_created": self.gold_tasks_created,
             "skipped_count": self.skipped_count,
             "skipped": [{"line": line, "reason": reason} for line, reason in self.skipped],
         }
@@ -129,6 +131,10 @@ def _write_batch(project: Project, records: list[ImportRecord], source: str, lab
         key = set_hash(record)
         if key not in tasks:
             task = ComparisonTask(project=project, prompt=prompts[record.prompt_hash], response_set_hash=key)
+            if record.gold is not None:  # a gold task and its expected answer (a task already there stays as it is)
+                task.is_gold = True
+                task.gold_response = responses[(task.prompt_id, text_hash(record.responses[record.gold]))]
+                report.gold_tasks_created += 1
             tasks[key] = task
             new_tasks.append(task)
             task_records.append(record)
