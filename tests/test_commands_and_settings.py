@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from labeling.management.commands.seed_demo import DEMO_ACCOUNTS, DEMO_FILE, DEMO_PROJECT
-from labeling.models import ComparisonTask, Project
+from labeling.models import ComparisonTask, Project, Response
 from labeling.services import ADMINS_GROUP, ANNOTATORS_GROUP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +39,9 @@ def test_seed_demo_loads_project_gold_and_accounts(db):
     project = Project.objects.get(name=DEMO_PROJECT)
     assert ComparisonTask.objects.filter(project=project).count() >= 120
     assert ComparisonTask.objects.filter(project=project, is_gold=True).count() >= 2
+    # replies from named sources, so that the quality page's leaderboard ranks models (#19)
+    named = set(Response.objects.filter(prompt__project=project).values_list("origin", flat=True))
+    assert {"demo-careful", "demo-quick", "demo-sloppy"} <= named and "demo.jsonl" not in named
     for username, password, is_admin in DEMO_ACCOUNTS:
         assert f"{username} / {password}" in out.getvalue()
         user = authenticate(RequestFactory().post("/accounts/login/"), username=username, password=password)

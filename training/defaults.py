@@ -38,6 +38,11 @@ def reward_backbone_dir() -> Path:
     return path
 
 
+def _reply_text(reply) -> str:
+    """A demo reply: {"text", "model"} (the demo names its sources), or plain text."""
+    return reply["text"] if isinstance(reply, dict) else reply
+
+
 def demo_demonstrations() -> list[tuple[list[dict], str]]:
     """(conversation, best reply) for every demo prompt, the best reply per its ranking."""
     demonstrations = []
@@ -46,7 +51,7 @@ def demo_demonstrations() -> list[tuple[list[dict], str]]:
             item = json.loads(line)
             messages = item.get("messages") or [{"role": "user", "content": item["prompt"]}]
             best = item["metadata"]["ranking"][0]
-            demonstrations.append((messages, item["responses"][best]))
+            demonstrations.append((messages, _reply_text(item["responses"][best])))
     return demonstrations
 
 
@@ -57,7 +62,7 @@ def project_corpus(limit: int = 20_000) -> list[str]:
         for line in f:
             item = json.loads(line)
             texts.extend(m["content"] for m in item.get("messages") or [{"content": item.get("prompt", "")}])
-            texts.extend(item["responses"])
+            texts.extend(_reply_text(reply) for reply in item["responses"])
     for messages in Prompt.objects.values_list("messages", flat=True)[:limit]:
         texts.extend(m["content"] for m in messages)
     texts.extend(Response.objects.values_list("text", flat=True)[:limit])

@@ -184,6 +184,10 @@ class ImportInput(serializers.Serializer):
     format = serializers.ChoiceField(choices=IMPORT_FORMATS)
     with_labels = serializers.BooleanField(default=False)
     skip_invalid = serializers.BooleanField(default=False)
+    pairs_per_prompt = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=1000,
+        help_text="format replies: that many pairs of models per prompt, sampled (default: every pair)",
+    )
 
 
 class ExportQuery(serializers.Serializer):

@@ -240,6 +240,7 @@ class ImportView(APIView):
             source=os.path.basename(upload.name or "upload"),
             with_labels=data["with_labels"],
             skip_invalid=data["skip_invalid"],
+            pairs_per_prompt=data["pairs_per_prompt"],
         )
         return Response(report.as_dict(), status=status.HTTP_201_CREATED)
 

@@ -39,6 +39,7 @@ from ..models import (
     JudgementSource,
     Project,
     Prompt,
+    Response,
     TaskResponse,
     TaskStatus,
 )
@@ -50,10 +51,11 @@ PAGE_SIZE = 50
 REPORT_KEY = "console.import_report"
 PROGRESS_EVERY_S = 0.25
 IMPORT_FORMAT_HELP = {
-    "jsonl": "JSON Lines: {\"prompt\" or \"messages\", \"responses\": [...], \"metadata\"}",
-    "csv": "CSV with prompt and response_1 … response_K columns",
+    "jsonl": "JSON Lines: {\"prompt\" or \"messages\", \"responses\": [text or {\"text\", \"model\"}, ...], \"metadata\", \"gold\"}",
+    "csv": "CSV with prompt, response_1 … response_K and optional model_1 … model_K columns",
     "hh": "Anthropic HH-RLHF: {\"chosen\", \"rejected\"} transcripts",
     "trl": "TRL preference rows: {\"prompt\", \"chosen\", \"rejected\"}",
+    "replies": "one reply per line: {\"prompt\" or \"messages\", \"model\", \"response\"}; every pair of models per prompt becomes a task",
 }
 AGGREGATE_HELP = {"none": "one row per judgement", "majority": "one row per task and pair, by majority vote"}
 EXPORT_FORMAT_HELP = {
@@ -307,6 +309,7 @@ class TaskFilterForm(forms.Form):
     status = forms.ChoiceField(required=False, choices=[("", "any")] + list(TaskStatus.choices))
     gold = forms.ChoiceField(required=False, choices=YES_NO)
     source = forms.CharField(required=False, max_length=200, help_text="file the prompt came from")
+    model = forms.CharField(required=False, max_length=200, label="Reply source", help_text="a model that wrote one of the replies")
     version = forms.CharField(required=False, max_length=20, label="Model version")
     disagreement = forms.ChoiceField(required=False, choices=YES_NO, label="Annotators disagree")
     page = forms.IntegerField(required=False, min_value=1, max_value=10**6)
@@ -324,6 +327,12 @@ class TaskFilterForm(forms.Form):
         if "\x00" in value:
             raise forms.ValidationError("must not contain NUL characters")
         return value.strip()
+
+    def clean_model(self):
+        value = self.cleaned_data.get("model") or ""
+        if "\x00" in value:
+            raise forms.ValidationError("must not contain NUL characters")
+        return value
 
     def clean_source(self):
         value = self.cleaned_data.get("source") or ""
@@ -354,6 +363,8 @@ def filtered_tasks(project: Project, filters: dict):
         tasks = tasks.filter(is_gold=filters["gold"] == "yes")
     if filters.get("source"):
         tasks = tasks.filter(prompt__source=filters["source"])
+    if filters.get("model"):  # a reply's recorded source (an imported model, an endpoint)
+        tasks = tasks.filter(Exists(TaskResponse.objects.filter(task=OuterRef("pk"), response__origin=filters["model"])))
     version = filters.get("version")
     if version == "imported":
         tasks = tasks.exclude(Exists(TaskResponse.objects.filter(task=OuterRef("pk"), response__model_version__isnull=False)))
@@ -394,12 +405,17 @@ def task_list(request, project_id: int):
         Prompt.objects.filter(project=project).exclude(source="").values_list("source", flat=True).distinct().order_by("source")[:200]
     )
     versions = list(ModelVersion.objects.filter(project=project, kind="policy").order_by("-number")[:200])
+    models = list(
+        Response.objects.filter(prompt__project=project, model_version__isnull=True).exclude(origin="")
+        .values_list("origin", flat=True).distinct().order_by("origin")[:200]
+    )
     return render(
         request,
         "console/tasks.html",
         {
-            "project": project, "form": form, "page": page, "rows": rows, "query": query.urlencode(),
-            "sources": sources, "versions": versions, "filtered": any(filters.get(k) for k in ("q", "status", "gold", "source", "version", "disagreement")),
+            "project": project, "form": form, "page": page, "rows": rows, "query": query.urlencode(), "models": models,
+            "sources": sources, "versions": versions,
+            "filtered": any(filters.get(k) for k in ("q", "status", "gold", "source", "model", "version", "disagreement")),
         },
     )
 

@@ -2,17 +2,25 @@
 
 Formats (`--format`):
 
-jsonl  {"prompt": str | "messages": [{role, content}, ...], "responses": [str, ...],
-        "metadata": {...}?}. The conversation ends with a user turn; 2..K replies.
+jsonl  {"prompt": str | "messages": [{role, content}, ...], "responses": [str | {"text": str,
+        "model": str}, ...], "metadata": {...}?, "gold": N?}. The conversation ends with a
+        user turn; 2..K replies.
 csv    header row, then one row per item. Columns: `prompt` (text) or `messages`
        (a JSON list of {role, content}); `response_1` .. `response_K` (empty cells
-       ignored); optional `metadata` (a JSON object). Line numbers count the header as 1.
+       ignored) and optionally `model_1` .. `model_K` (each reply's source); optional
+       `metadata` (a JSON object) and `gold`. Line numbers count the header as 1.
 hh     Anthropic HH-RLHF: {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...};
        the shared transcript up to the last "\\n\\nAssistant:" becomes the conversation,
        the two final assistant replies the responses (chosen first).
 trl    TRL preference data {"prompt", "chosen", "rejected"}: plain strings, or the
        conversational form (prompt a list of messages, chosen / rejected lists holding
        the assistant reply).
+replies one reply per line: {"prompt" | "messages", "model": str, "response": str,
+       "metadata"?}; the replies of different models to one prompt are paired into tasks
+       (importing.services: all pairs, or a sample per prompt).
+
+A reply's source (hh and trl: "chosen_model" / "rejected_model") is what the leaderboard
+ranks and the raw export carries; without one, the file's name.
 
 For hh and trl the first response is the chosen one, so `--with-labels` can store the
 given preference.
@@ -30,7 +38,7 @@ from dataclasses import dataclass, field
 
 from .. import jsonsafety
 
-FORMATS = ("jsonl", "csv", "hh", "trl")
+FORMATS = ("jsonl", "csv", "hh", "trl", "replies")
 ROLES = ("system", "user", "assistant")
 MAX_REPLY_CHARS = 100_000
 UTF8_BOM = b"\xef\xbb\xbf"  # spreadsheet programs start UTF-8 files with it
@@ -48,6 +56,7 @@ class ImportRecord:
     source_format: str  # text / chat / hh
     metadata: dict = field(default_factory=dict)
     labelled: bool = False  # responses[0] is the chosen one
+    sources: list = field(default_factory=list)  # per reply, its source (a model's name), or None: the file's name
     gold: int | None = None  # a gold task: the index in `responses` of the reply a careful annotator must prefer
 
     @property
@@ -110,6 +119,36 @@ def _check_responses(responses, max_responses: int) -> list[str]:
     return list(responses)
 
 
+MAX_SOURCE_CHARS = 200  # Response.origin
+
+
+def _check_source(value, where: str) -> str | None:
+    """A reply's source: a model's name, one line of at most MAX_SOURCE_CHARS characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_SOURCE_CHARS or any(ord(c) < 32 for c in value):
+        raise RecordError(f"'{where}' must be a model's name: one line of 1 to {MAX_SOURCE_CHARS} characters")
+    return value.strip()
+
+
+def _split_responses(responses) -> tuple[list, list[str | None]]:
+    """'responses' items as given (strings, or {"text", "model"} objects): (texts, sources)."""
+    if not isinstance(responses, list):
+        raise RecordError("'responses' must be a list of strings or {\"text\", \"model\"} objects")
+    texts, sources = [], []
+    for i, item in enumerate(responses):
+        if isinstance(item, dict):
+            unknown = set(item) - {"text", "model"}
+            if unknown or "text" not in item:
+                raise RecordError(f"'responses[{i}]' must be a string or an object with \"text\" and an optional \"model\"")
+            texts.append(item["text"])
+            sources.append(_check_source(item.get("model"), f"responses[{i}].model"))
+        else:
+            texts.append(item)
+            sources.append(None)
+    return texts, sources
+
+
 def _check_metadata(metadata) -> dict:
     if metadata is None:
         return {}
@@ -144,8 +183,11 @@ def parse_jsonl_object(obj: dict, line: int, max_responses: int) -> ImportRecord
         raise RecordError("missing field 'prompt' (or 'messages')")
     if "responses" not in obj:
         raise RecordError("missing field 'responses'")
-    responses = _check_responses(obj["responses"], max_responses)
-    return ImportRecord(line, messages, responses, source_format, _check_metadata(obj.get("metadata")), gold=_check_gold(obj, len(responses)))
+    texts, sources = _split_responses(obj["responses"])
+    responses = _check_responses(texts, max_responses)
+    return ImportRecord(
+        line, messages, responses, source_format, _check_metadata(obj.get("metadata")), sources=sources, gold=_check_gold(obj, len(responses))
+    )
 
 
 def _check_gold(obj: dict, n_responses: int) -> int | None:
@@ -156,6 +198,11 @@ def _check_gold(obj: dict, n_responses: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= n_responses:
         raise RecordError(f"'gold' must name the expected reply by its number, 1 to {n_responses}")
     return value - 1
+
+
+def _pair_sources(obj: dict) -> list[str | None]:
+    """HH and TRL: the chosen and the rejected reply's sources."""
+    return [_check_source(obj.get("chosen_model"), "chosen_model"), _check_source(obj.get("rejected_model"), "rejected_model")]
 
 
 def _check_gold_flag(obj: dict) -> int | None:
@@ -202,7 +249,7 @@ def parse_hh_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
         raise RecordError("'chosen' and 'rejected' do not share the same conversation before the last reply")
     messages = check_messages(context, "conversation")
     responses = _check_responses([chosen_turns[-1]["content"], rejected_turns[-1]["content"]], max_responses)
-    return ImportRecord(line, messages, responses, "hh", {}, labelled=True, gold=_check_gold_flag(obj))
+    return ImportRecord(line, messages, responses, "hh", {}, labelled=True, sources=_pair_sources(obj), gold=_check_gold_flag(obj))
 
 
 def _trl_reply(value, key: str) -> str:
@@ -235,22 +282,43 @@ def parse_trl_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
     responses = _check_responses(
         [_trl_reply(obj["chosen"], "chosen"), _trl_reply(obj["rejected"], "rejected")], max_responses
     )
-    return ImportRecord(line, messages, responses, source_format, {}, labelled=True, gold=_check_gold_flag(obj))
+    return ImportRecord(
+        line, messages, responses, source_format, {}, labelled=True, sources=_pair_sources(obj), gold=_check_gold_flag(obj)
+    )
 
 
 def parse_prompt_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
     """A prompts-only line (format "prompts": what model endpoints are asked to answer):
     {"prompt": str} or {"messages": [...]}, optional "metadata"; no replies."""
-    if "responses" in obj or "chosen" in obj or "gold" in obj:
-        raise RecordError("a prompts file holds prompts only: no 'responses', 'chosen', 'rejected' or 'gold'")
+    if "responses" in obj or "chosen" in obj or "gold" in obj or "response" in obj:
+        raise RecordError("a prompts file holds prompts only: no 'responses', 'response', 'chosen', 'rejected' or 'gold'")
     with_reply = dict(obj, responses=["-", "--"])  # parse the prompt as a jsonl line would be
     record = parse_jsonl_object(with_reply, line, max(max_responses, 2))
     record.responses = []
     return record
 
 
-JSON_PARSERS = {"jsonl": parse_jsonl_object, "hh": parse_hh_object, "trl": parse_trl_object, "prompts": parse_prompt_object}
+def parse_reply_object(obj: dict, line: int, max_responses: int) -> ImportRecord:
+    """Format "replies": one model's reply to a prompt, {"prompt" | "messages", "model",
+    "response", "metadata"?}; importing.services pairs the replies of one prompt."""
+    if "responses" in obj:
+        raise RecordError("a replies file holds one reply per line: 'response' and 'model', not 'responses'")
+    model = _check_source(_require(obj, "model", str, "a model's name"), "model")
+    text = _require(obj, "response", str, "a string")
+    if not text.strip():
+        raise RecordError("'response' is empty")
+    if len(text) > MAX_REPLY_CHARS:
+        raise RecordError(f"'response' is longer than {MAX_REPLY_CHARS} characters")
+    record = parse_prompt_object({k: v for k, v in obj.items() if k not in ("model", "response")}, line, max_responses)
+    record.responses, record.sources = [text], [model]
+    return record
+
+
+JSON_PARSERS = {
+    "jsonl": parse_jsonl_object, "hh": parse_hh_object, "trl": parse_trl_object, "prompts": parse_prompt_object, "replies": parse_reply_object,
+}
 PROMPTS_FORMAT = "prompts"
+REPLIES_FORMAT = "replies"
 
 
 # --------------------------------------------------------------------------- reading files
@@ -399,7 +467,9 @@ def _iter_csv(stream, *, max_responses: int, max_line_bytes: int):
                 raise RecordError("more cells than header columns")
             row = dict(zip(header, cells))
             kept = [c for c in response_columns if row.get(c)]
-            obj: dict = {"responses": [row[c] for c in kept]}
+            obj: dict = {"responses": [
+                {"text": row[c], "model": row[f"model_{c.split('_')[1]}"]} if row.get(f"model_{c.split('_')[1]}") else row[c] for c in kept
+            ]}
             if row.get("gold"):  # the number of the response_N column; empty cells are left out of the replies
                 column = f"response_{row['gold'].strip()}"
                 if column not in kept:

@@ -16,8 +16,10 @@ judgements wanted from people.
 from __future__ import annotations
 
 import io
+import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from itertools import combinations
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -34,7 +36,7 @@ from ..models import (
     Response,
     TaskResponse,
 )
-from .formats import FORMATS, PROMPTS_FORMAT, ImportRecord, RecordError, batched, iter_records, response_set_hash, text_hash
+from .formats import FORMATS, PROMPTS_FORMAT, REPLIES_FORMAT, ImportRecord, RecordError, batched, iter_records, response_set_hash, text_hash
 
 BATCH_SIZE = 500
 SOURCE_CHARS = Prompt._meta.get_field("source").max_length
@@ -107,10 +109,12 @@ def _write_batch(project: Project, records: list[ImportRecord], source: str, lab
     new_responses = []
     for record in records:
         prompt = prompts[record.prompt_hash]
-        for text in record.responses:
+        for position, text in enumerate(record.responses):
             key = (prompt.pk, text_hash(text))
             if key not in responses:
-                response = Response(prompt=prompt, text=text, text_hash=key[1], origin=source)
+                # its source: the model the file names for it, else the file (a reply two models wrote alike keeps the first)
+                origin = (record.sources[position] if position < len(record.sources) else None) or source
+                response = Response(prompt=prompt, text=text, text_hash=key[1], origin=origin)
                 responses[key] = response
                 new_responses.append(response)
     Response.objects.bulk_create(new_responses)
@@ -184,10 +188,14 @@ def import_stream(
     with_labels: bool = False,
     skip_invalid: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    pairs_per_prompt: int | None = None,
 ) -> ImportReport:
     """Import a binary stream in format `fmt`; raise ImportFailed and change nothing on error.
     on_progress(n) is told of every n more bytes read (after each batch)."""
-    steps = import_steps(project=project, stream=stream, fmt=fmt, source=source, with_labels=with_labels, skip_invalid=skip_invalid)
+    steps = import_steps(
+        project=project, stream=stream, fmt=fmt, source=source, with_labels=with_labels, skip_invalid=skip_invalid,
+        pairs_per_prompt=pairs_per_prompt,
+    )
     reported = 0
     while True:
         try:
@@ -207,10 +215,14 @@ def import_steps(
     source: str = "",
     with_labels: bool = False,
     skip_invalid: bool = False,
+    pairs_per_prompt: int | None = None,
+    seed: int = 0,
 ) -> Generator[int, None, ImportReport]:
     """import_stream, one batch at a time: yields the bytes read so far after each batch
     (for a progress bar) and returns the report. The transaction spans the whole import,
-    so a caller that stops early (closes the generator, a client gone) imports nothing."""
+    so a caller that stops early (closes the generator, a client gone) imports nothing.
+    Format "replies": `pairs_per_prompt` samples that many pairs of models per prompt
+    (seeded), instead of every pair."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", field="format")
     if with_labels and fmt not in LABELLED_FORMATS:
@@ -241,7 +253,11 @@ def import_steps(
 
     with transaction.atomic():
         labeller = pseudo_annotator(fmt) if with_labels else None
-        for batch in batched(valid_records(), BATCH_SIZE):
+        records = valid_records()
+        if fmt == REPLIES_FORMAT:  # one reply per line: read them all, then pair each prompt's replies
+            grouped = yield from _grouped_replies(records, lambda: read, errors, report)
+            records = iter(paired_records(grouped, pairs_per_prompt, seed))
+        for batch in batched(records, BATCH_SIZE):
             if not (errors and not skip_invalid):
                 _write_batch(project, batch, source, labeller, report)
             yield read
@@ -251,6 +267,47 @@ def import_steps(
             raise ImportFailed([(0, "the file holds no items")])
     report.skipped = errors
     return report
+
+
+def _grouped_replies(records, read, errors: list, report: ImportReport):
+    """Format "replies": {prompt hash: {model: record}}, reading every line (yielding the bytes
+    read after each BATCH_SIZE lines, for the progress bar). A model that answers one prompt
+    twice is a bad line."""
+    grouped: dict[str, dict[str, ImportRecord]] = {}
+    for count, record in enumerate(records, 1):
+        replies = grouped.setdefault(record.prompt_hash, {})
+        model = record.sources[0]
+        if model in replies:
+            report.skipped_count += 1
+            if len(errors) < MAX_REPORTED_ERRORS:
+                errors.append((record.line, f"model {model!r} already answered this prompt on line {replies[model].line}"))
+            continue
+        replies[model] = record
+        if count % BATCH_SIZE == 0:
+            yield read()
+    return grouped
+
+
+def paired_records(grouped: dict[str, dict[str, ImportRecord]], pairs_per_prompt: int | None, seed: int) -> list[ImportRecord]:
+    """Each prompt's replies as two-reply records: every pair of its models (by name), or a
+    seeded sample of `pairs_per_prompt` of them. A pair whose two replies are the same text is
+    left out (nothing to compare)."""
+    out = []
+    rng = random.Random(seed)
+    for replies in grouped.values():
+        models = sorted(replies)
+        pairs = list(combinations(models, 2))
+        if pairs_per_prompt is not None and len(pairs) > pairs_per_prompt:
+            pairs = rng.sample(pairs, pairs_per_prompt)
+        for a, b in pairs:
+            first, second = replies[a], replies[b]
+            if first.responses[0] == second.responses[0]:
+                continue
+            out.append(ImportRecord(
+                line=first.line, messages=first.messages, responses=[first.responses[0], second.responses[0]],
+                source_format=first.source_format, metadata=first.metadata, sources=[a, b],
+            ))
+    return out
 
 
 def import_prompts(*, project: Project, stream: io.BufferedIOBase, source: str, max_prompts: int) -> list[int]:

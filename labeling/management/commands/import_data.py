@@ -20,8 +20,11 @@ class Command(BaseCommand):
         parser.add_argument("--with-labels", action="store_true", help="hh / trl: store the given preference")
         parser.add_argument("--skip-invalid", action="store_true", help="import the valid lines, report the rest")
         parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument("--pairs-per-prompt", type=int, default=None, help="replies: that many pairs of models per prompt, sampled")
 
-    def handle(self, *args, path, project, fmt, with_labels, skip_invalid, no_progress, **options):
+    def handle(self, *args, path, project, fmt, with_labels, skip_invalid, no_progress, pairs_per_prompt, **options):
+        if pairs_per_prompt is not None and pairs_per_prompt < 1:
+            raise CommandError("--pairs-per-prompt must be at least 1")
         if not os.path.isfile(path):
             raise CommandError(f"no such file: {path}")
         try:
@@ -44,6 +47,7 @@ class Command(BaseCommand):
                     with_labels=with_labels,
                     skip_invalid=skip_invalid,
                     on_progress=bar.update,
+                    pairs_per_prompt=pairs_per_prompt,
                 )
         except LabelingError as error:
             if created:
