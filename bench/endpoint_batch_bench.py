@@ -111,8 +111,6 @@ def main() -> None:
 
 
 def serve_tiny_policies(procs: list) -> tuple[str, list[str]]:
-    from tokenizers import Tokenizer  # noqa: F401 - fail early without the training extras
-
     from training.management.commands.serve_policies import serve_command, serve_environment
     from training.ml.bootstrap import DefaultModelConfig, new_policy, save_new_model, train_bpe_tokenizer
     from training.ml.synthetic import corpus

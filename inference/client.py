@@ -71,6 +71,11 @@ class EndpointSpec:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
+    def reply_limit(self, max_tokens: int | None = None) -> int | None:
+        """The max_tokens a request asks for: the smaller of the endpoint's and the caller's."""
+        limits = [limit for limit in (self.max_tokens, max_tokens) if limit]
+        return min(limits) if limits else None
+
     def body(self, messages: list[dict], *, stream: bool, max_tokens: int | None = None, seed: int | None = None) -> dict:
         """The request body: the system prompt first (unless the conversation has its own),
         then the conversation; the endpoint's sampling defaults, max_tokens capped by the caller's."""
@@ -78,8 +83,7 @@ class EndpointSpec:
         if self.system_prompt and not (conversation and conversation[0]["role"] == "system"):
             conversation.insert(0, {"role": "system", "content": self.system_prompt})
         body: dict = {"model": self.model, "messages": conversation, "stream": stream}
-        limit = min(x for x in (self.max_tokens, max_tokens) if x) if (self.max_tokens or max_tokens) else None
-        for key, value in (("temperature", self.temperature), ("top_p", self.top_p), ("max_tokens", limit), ("seed", seed)):
+        for key, value in (("temperature", self.temperature), ("top_p", self.top_p), ("max_tokens", self.reply_limit(max_tokens)), ("seed", seed)):
             if value is not None:
                 body[key] = value
         if self.stop:

@@ -49,21 +49,16 @@ def _error_json(error: LabelingError) -> JsonResponse:
     return JsonResponse(error.as_dict(), status=error.status_code)
 
 
-def _history(conversation) -> list[dict]:
-    """The judged turns, for the page: the message, the reply the conversation went on with
-    (or why none), and the sources when the project reveals them."""
+def _history(conversation, rules) -> list[dict]:
+    """The judged turns, for the page: whether the conversation went on from a reply, and the
+    sources when the project reveals them."""
     if conversation is None:
         return []
-    rules = live.live_settings_for(conversation.project)
-    rows = []
     turns = conversation.turns.filter(status=LiveTurnStatus.JUDGED).select_related("task", "assignment")
-    for turn in turns:
-        rows.append({
-            "message": turn.messages[-1]["content"],
-            "reply": live.chosen_reply(turn),
-            "sources": live.sources_of(turn) if rules.reveal_sources else [],
-        })
-    return rows
+    return [
+        {"went_on": live.chosen_reply(turn) is not None, "sources": live.sources_of(turn) if rules.reveal_sources else []}
+        for turn in turns
+    ]
 
 
 @login_required
@@ -84,7 +79,7 @@ def live_page(request, project_id: int):
     context = {
         "project": project,
         "rules": rules,
-        "history": _history(conversation),
+        "history": _history(conversation, rules),
         "turn": turn,
         "turns_used": live.turns_used(conversation),
         "say_url": reverse("labeling:live_say", args=[project.pk]),
@@ -182,14 +177,6 @@ def _event(name: str, data: dict) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode("utf-8")
 
 
-def _reply_of(source: ModelEndpoint, text: str, spec: client.EndpointSpec) -> services.GeneratedReply:
-    params = {"endpoint": source.name, "model": source.model, "temperature": spec.temperature, "top_p": spec.top_p, "max_tokens": spec.max_tokens}
-    return services.GeneratedReply(
-        text=text.strip(), origin=source.name, model_version_id=source.model_version_id, endpoint_id=source.pk,
-        generation_params={k: v for k, v in params.items() if v is not None},
-    )
-
-
 def _pump(side: int, source: ModelEndpoint, spec: client.EndpointSpec, messages: list[dict], max_tokens: int, events: queue.Queue, stop: threading.Event):
     """One endpoint's reply into the queue: ("delta", side, text) pieces, then ("end", side,
     None) or ("error", side, EndpointError)."""
@@ -263,7 +250,10 @@ def stream_turn(turn: LiveTurn, sources: list[ModelEndpoint], max_tokens: int):
             yield _event("error", {"message": message, "side": side})
             return
         try:
-            live.finish_turn(turn=turn, replies=[_reply_of(source, "".join(text), spec) for source, text, spec in zip(sources, texts, specs)])
+            live.finish_turn(turn=turn, replies=[
+                services.endpoint_reply(source, "".join(text), max_tokens=spec.reply_limit(max_tokens))
+                for source, text, spec in zip(sources, texts, specs)
+            ])
         except LabelingError as error:
             live.fail_turn(turn=turn, message=error.message)
             finished = True

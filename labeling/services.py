@@ -554,8 +554,10 @@ def set_gold(*, task_id: int, response_id: int | None) -> ComparisonTask:
             done = not task.is_gold and task.judgement_count >= task.project.overlap_k + task.extra_judgements
             task.status = TaskStatus.COMPLETE if done else TaskStatus.OPEN
         task.save(update_fields=["is_gold", "gold_response", "status"])
-        for judgement in Judgement.objects.filter(task=task).only("pk", "choice", "ranking"):
-            Judgement.objects.filter(pk=judgement.pk).update(gold_correct=_gold_correct(task, judgement.ranking, judgement.choice))
+        judgements = list(Judgement.objects.filter(task=task).only("pk", "choice", "ranking"))
+        for judgement in judgements:
+            judgement.gold_correct = _gold_correct(task, judgement.ranking, judgement.choice)
+        Judgement.objects.bulk_update(judgements, ["gold_correct"], batch_size=500)  # a gold task: every annotator's
     log.info("task %s: %s", task.pk, f"gold, expected reply {response_id}" if response_id else "not gold")
     return task
 
@@ -570,6 +572,18 @@ class GeneratedReply:
     model_version_id: int | None = None
     generation_params: dict | None = None
     endpoint_id: int | None = None
+
+
+def endpoint_reply(endpoint, text: str, **params) -> GeneratedReply:
+    """A reply a model endpoint wrote (inference.ModelEndpoint), stripped: its source is the
+    endpoint (its name the origin; a built-in one's policy version), its sampling settings and
+    `params` recorded. The live page and the endpoint runs store replies through this."""
+    recorded = {"endpoint": endpoint.name, "model": endpoint.model, "temperature": endpoint.temperature, "top_p": endpoint.top_p,
+                "max_tokens": endpoint.max_tokens, **params}
+    return GeneratedReply(
+        text=text.strip(), origin=endpoint.name, model_version_id=endpoint.model_version_id, endpoint_id=endpoint.pk,
+        generation_params={key: value for key, value in recorded.items() if value is not None},
+    )
 
 
 def storable_text(text: str) -> str:

@@ -189,8 +189,20 @@ def policy_server(tmp_path_factory, tiny_tokenizer):
 
 
 @pytest.fixture(scope="session")
-def fault_server():
+def _fault_server_of_the_session():
     from tests.model_servers import FaultServer
 
-    with FaultServer(delay=2.0, fails=2) as server:
+    with FaultServer() as server:
         yield server
+
+
+@pytest.fixture
+def fault_server(_fault_server_of_the_session):
+    """The session's fault server, as every test first finds it: tests change its delay,
+    failure count and gate, and no test may see another's."""
+    server = _fault_server_of_the_session
+    server.delay, server.fails = 2.0, 2
+    server.reset()
+    server.gate.clear()
+    yield server
+    server.gate.set()  # a test that failed half way must not leave a stream waiting

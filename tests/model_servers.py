@@ -90,6 +90,7 @@ def stop(process: subprocess.Popen) -> None:
 # auth          401 unless the key is RIGHT_KEY; the 401 echoes the key it got (as some servers do)
 # gated         streams two pieces, then waits until the test sets `gate`, then the rest
 REPLY = "Hello from the fault server."
+GATED_REPLY = "Held at the gate, then let go."
 XSS_REPLY = (
     '<script>window.__xss = 1</script> <img src=x onerror="window.__xss = 2"> '
     '[click](javascript:window.__xss=3) **bold** and the end'
@@ -198,7 +199,7 @@ class FaultServer:
                     return self._json(500, {"error": {"message": "the model crashed"}})
                 if model == "slow":
                     time.sleep(server.delay)
-                reply = {"xss": XSS_REPLY, "huge": "x" * 200_000}.get(model, REPLY)
+                reply = {"xss": XSS_REPLY, "huge": "x" * 200_000, "gated": GATED_REPLY}.get(model, REPLY)
                 if model == "echo":
                     last = [m["content"] for m in body.get("messages", []) if m.get("role") == "user"][-1]
                     reply = "echo: " + " ".join(reversed(last.split()))

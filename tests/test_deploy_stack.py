@@ -15,7 +15,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 from django.conf import settings

@@ -111,7 +111,7 @@ def test_a_wrong_key_is_refused_and_never_repeated(faults):
 
 
 def test_batch_keeps_each_endpoint_within_its_concurrency():
-    with FaultServer(delay=0.3) as server:
+    with FaultServer(delay=0.5) as server:
         specs = {1: spec(server, "slow", concurrency=2), 2: spec(server, "echo", concurrency=3)}
         prompts = [[{"role": "user", "content": f"prompt number {i}"}] for i in range(7)]
         outcomes = [o for o in generate_replies(specs, prompts) if o is not None]
@@ -119,7 +119,7 @@ def test_batch_keeps_each_endpoint_within_its_concurrency():
         assert all(o.ok for o in outcomes)
         by_index = {o.index: o for o in outcomes}
         assert by_index[3].replies[2].text == "echo: 3 number prompt"
-        # 7 requests of 0.3 s each to the slow endpoint: two at a time, never three
+        # 7 requests of 0.5 s each to the slow endpoint: two at a time, never three
         assert server.most_in_flight["slow"] == 2
 
 

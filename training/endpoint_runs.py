@@ -27,7 +27,7 @@ from inference import batch
 from inference.exceptions import KeyUnavailable
 from inference.models import ModelEndpoint
 from labeling.models import Prompt
-from labeling.services import GeneratedReply, add_comparison_task
+from labeling.services import add_comparison_task, endpoint_reply
 
 from . import selectors, services
 from .exceptions import InvalidTrainingRequest, TrainingFailed
@@ -113,15 +113,6 @@ def _prompts(run) -> list[Prompt]:
     return selectors.prompts_for_generation(run.project, int(run.config.get("prompts", rules.generate_prompts)), seed=run.pk)
 
 
-def _reply(endpoint: ModelEndpoint, reply, max_tokens) -> GeneratedReply:
-    params = {"endpoint": endpoint.name, "model": endpoint.model, "temperature": endpoint.temperature, "top_p": endpoint.top_p,
-              "max_tokens": max_tokens or endpoint.max_tokens, "finish_reason": reply.finish_reason, "seconds": round(reply.seconds, 3)}
-    return GeneratedReply(
-        text=reply.text.strip(), origin=endpoint.name, model_version_id=endpoint.model_version_id, endpoint_id=endpoint.pk,
-        generation_params={k: v for k, v in params.items() if v is not None},
-    )
-
-
 def _excerpt(prompt: Prompt) -> str:
     text = " ".join(str(prompt.messages[-1].get("content", "")).split()) if prompt.messages else ""
     return text[:120] + ("…" if len(text) > 120 else "")
@@ -180,7 +171,13 @@ def stage_endpoints(run, reporter) -> dict:
                 if len(failures) <= MAX_FAILURES_LOGGED:
                     reporter.log(f"prompt {prompt.pk} left out: " + "; ".join(reasons.values()))
             else:
-                replies = {pk: _reply(endpoints[pk], outcome.replies[pk], max_tokens) for pk in ids}
+                replies = {
+                    pk: endpoint_reply(
+                        endpoints[pk], outcome.replies[pk].text, max_tokens=max_tokens or endpoints[pk].max_tokens,
+                        finish_reason=outcome.replies[pk].finish_reason, seconds=round(outcome.replies[pk].seconds, 3),
+                    )
+                    for pk in ids
+                }
                 groups = [list(pair) for pair in combinations(ids, 2)] if pairing == "pairs" else [ids]
                 for group in groups:
                     if add_comparison_task(prompt=prompt, replies=[replies[pk] for pk in group], priority=priority) is not None:

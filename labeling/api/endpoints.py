@@ -17,9 +17,12 @@ from inference.models import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, ModelEndpoint
 from .. import live
 from ..models import LivePairing, Project, ProjectLiveSettings
 from .permissions import IsLabelingAdmin
+from .serializers import StrictIdField
 
 
-class FiniteFloatField(serializers.FloatField):
+class OptionalFloatField(serializers.FloatField):
+    """A number or null; true and false are not numbers (NaN and infinity: the model's validators)."""
+
     def __init__(self, **kwargs):
         super().__init__(allow_null=True, required=False, **kwargs)
 
@@ -38,8 +41,8 @@ class EndpointInput(serializers.Serializer):
         help_text="stored encrypted, never shown again; leave out to keep the stored one",
     )
     clear_key = serializers.BooleanField(required=False, default=False, help_text="remove the stored key")
-    temperature = FiniteFloatField(min_value=0.0, max_value=2.0)
-    top_p = FiniteFloatField(min_value=0.0, max_value=1.0)
+    temperature = OptionalFloatField(min_value=0.0, max_value=2.0)
+    top_p = OptionalFloatField(min_value=0.0, max_value=1.0)
     max_tokens = serializers.IntegerField(min_value=1, max_value=32768, allow_null=True, required=False)
     stop = serializers.ListField(
         child=serializers.CharField(max_length=MAX_STOP_CHARS, trim_whitespace=False), max_length=MAX_STOP_SEQUENCES, required=False
@@ -124,15 +127,8 @@ class EndpointTestView(APIView):
         return Response(EndpointTestOutput(result.__dict__).data)
 
 
-class EndpointIdField(serializers.PrimaryKeyRelatedField):
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("incorrect_type", data_type=type(data).__name__)
-        return super().to_internal_value(data)
-
-
 class LiveSettingsSerializer(serializers.ModelSerializer):
-    endpoints = EndpointIdField(many=True, required=False, queryset=ModelEndpoint.objects.all())
+    endpoints = StrictIdField(many=True, required=False, queryset=ModelEndpoint.objects.all())
     pairing = serializers.ChoiceField(choices=LivePairing.choices, required=False)
 
     class Meta:

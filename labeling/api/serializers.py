@@ -12,8 +12,8 @@ from ..models import FLAG_CHOICES, Choice, ComparisonTask, Judgement, Project, T
 from ..services import is_labeling_admin
 
 
-class UserIdField(serializers.PrimaryKeyRelatedField):
-    """A user's id as a JSON integer: 1.5, "1" and true are refused, not read as user 1."""
+class StrictIdField(serializers.PrimaryKeyRelatedField):
+    """An object's id as a JSON integer: 1.5, "1" and true are refused, not read as 1."""
 
     def to_internal_value(self, data):
         if isinstance(data, bool) or not isinstance(data, int):
@@ -25,7 +25,7 @@ class ProjectSerializer(serializers.ModelSerializer):
     """`annotators` (the ids of those assigned) is written and read by labeling admins only:
     an annotator's answer leaves it out, as it would tell them who else works on a project."""
 
-    annotators = UserIdField(
+    annotators = StrictIdField(
         many=True,
         required=False,
         queryset=get_user_model().objects.all(),
