@@ -269,8 +269,18 @@ POLICY_SERVER_URL = os.environ.get("POLICY_SERVER_URL", "http://127.0.0.1:8001/v
 ENDPOINT_KEY_SECRETS = env_list("ENDPOINT_KEY_SECRET", "")
 ENDPOINT_MAX_REPLY_CHARS = int(os.environ.get("ENDPOINT_MAX_REPLY_CHARS", "100000"))
 
-# Labeling limits (see labeling/importing/formats.py).
+# Imports (labeling/importing/): the same limits for the console and the API. A line over
+# IMPORT_MAX_LINE_BYTES is an error; a file over IMPORT_MAX_UPLOAD_BYTES is refused (keep
+# nginx's client_max_body_size for the two import locations in step, deploy/nginx). A file
+# over IMPORT_INLINE_MAX_BYTES is stored under IMPORT_ROOT and imported by a worker (queue
+# `default`); IMPORT_ROOT must be shared by the web servers and the workers, like
+# ARTIFACT_ROOT. A running import whose heartbeat stopped for IMPORT_HEARTBEAT_TIMEOUT s is
+# marked failed (its transaction died with its worker: nothing was imported).
 IMPORT_MAX_LINE_BYTES = int(os.environ.get("IMPORT_MAX_LINE_BYTES", str(1024 * 1024)))
+IMPORT_MAX_UPLOAD_BYTES = int(os.environ.get("IMPORT_MAX_UPLOAD_BYTES", str(512 * 1024 * 1024)))
+IMPORT_INLINE_MAX_BYTES = int(os.environ.get("IMPORT_INLINE_MAX_BYTES", str(1024 * 1024)))
+IMPORT_ROOT = Path(os.environ.get("IMPORT_ROOT", VAR_DIR / "imports"))
+IMPORT_HEARTBEAT_TIMEOUT = int(os.environ.get("IMPORT_HEARTBEAT_TIMEOUT", "120"))
 
 # Security: strict by default when DEBUG=0 (manage.py check --deploy reports nothing).
 # Behind a TLS-terminating proxy set SECURE_PROXY_SSL_HEADER_ENABLED=1; for a plain-HTTP

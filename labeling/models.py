@@ -594,3 +594,47 @@ class LiveTurn(models.Model):
 
     def __str__(self) -> str:
         return f"live turn {self.number} of conversation {self.conversation_id} ({self.status})"
+
+
+class ImportStatus(models.TextChoices):
+    QUEUED = "queued", "waiting for a worker"
+    RUNNING = "running", "importing"
+    SUCCEEDED = "succeeded", "imported"
+    FAILED = "failed", "rejected: nothing imported"
+    CANCELLED = "cancelled", "cancelled: nothing imported"
+
+
+class ImportJob(models.Model):
+    """An uploaded file imported by a worker (labeling/importing/jobs.py). The file is stored
+    under IMPORT_ROOT/<id>/ until the job ends; progress and a cancel request pass through
+    that folder too, because the import's own transaction hides its rows until it commits.
+    All or nothing, as an import in the request: `report` holds the counts and the numbered
+    bad lines once it ends."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    file_name = models.CharField(max_length=255)
+    size_bytes = models.BigIntegerField()
+    format = models.CharField(max_length=16)
+    with_labels = models.BooleanField(default=False)
+    skip_invalid = models.BooleanField(default=False)
+    pairs_per_prompt = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=ImportStatus.choices, default=ImportStatus.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    report = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["project", "-created_at"], name="import_job_project_idx"),
+                   models.Index(fields=["status"], name="import_job_status_idx")]
+
+    def __str__(self) -> str:
+        return f"import {self.pk} of {self.file_name} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (ImportStatus.SUCCEEDED, ImportStatus.FAILED, ImportStatus.CANCELLED)

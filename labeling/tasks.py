@@ -1,4 +1,4 @@
-"""Celery tasks of the labeling app: the periodic quality check."""
+"""Celery tasks of the labeling app: the periodic quality check, and imports run by a worker."""
 
 from celery import shared_task
 from django.contrib.auth import get_user_model
@@ -37,3 +37,22 @@ def check_quality() -> dict:
             services.pause_annotator(project=project, annotator=annotator, reason="automatic: " + "; ".join(flagged[annotator.pk]))
             paused.setdefault(project.pk, []).append(annotator.pk)
     return {"projects_checked": len(projects), "paused": paused}
+
+
+@shared_task(name="labeling.tasks.run_import")
+def run_import(job_id: int) -> str | None:
+    """Import a stored upload (labeling/importing/jobs.py); all or nothing."""
+    from .importing import jobs
+
+    try:
+        return jobs.execute_job(job_id)
+    except Exception as exc:  # noqa: BLE001 - the job must not stay "running" on an unexpected error
+        jobs.fail_job(job_id, f"internal error ({type(exc).__name__}): {exc}; nothing was imported")
+        raise
+
+
+@shared_task(name="labeling.tasks.reap_stale_imports")
+def reap_stale_imports() -> dict:
+    from .importing import jobs
+
+    return {"reaped": jobs.reap_stale_imports()}

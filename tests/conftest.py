@@ -128,6 +128,22 @@ def tasks(project):
 
 
 @pytest.fixture(autouse=True)
+def import_root(settings, tmp_path):
+    """Each test's stored uploads in its own folder (IMPORT_ROOT)."""
+    settings.IMPORT_ROOT = tmp_path / "imports"
+    return settings.IMPORT_ROOT
+
+
+def run_queued_imports() -> list:
+    """Do what a worker does with the queued imports (labeling.tasks.run_import runs the same
+    function); the statuses, oldest first."""
+    from labeling.importing.jobs import execute_job
+    from labeling.models import ImportJob
+
+    return [execute_job(pk) for pk in ImportJob.objects.filter(status="queued").order_by("pk").values_list("pk", flat=True)]
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hasher(settings):
     # Tests create many accounts; the production hasher is slow on purpose.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -6,14 +6,17 @@ Set SCREENSHOT_DIR to keep screenshots of the pages."""
 
 import json
 import os
+import threading
 
 import pytest
+from django.db import connection
 
-from labeling.models import ComparisonTask, Project
+from labeling.importing import jobs
+from labeling.models import ComparisonTask, ImportJob, Project
 from labeling.services import JudgementInput, assign_next_task, create_annotator, submit_judgement
 from training.models import ProjectTrainingSettings
 
-from .conftest import import_items, make_items
+from .conftest import import_items, make_items, run_queued_imports
 from .test_browser import browser  # noqa: F401 - the chromium fixture
 
 pytestmark = [pytest.mark.browser]
@@ -79,7 +82,9 @@ def test_create_a_project_with_previewed_guidelines(admin_page, live_server):
     assert not project.is_active
 
 
-def test_upload_with_an_error_report_then_a_good_file_with_the_progress_bar(admin_page, live_server, tmp_path):
+def test_upload_with_an_error_report_then_a_good_file_with_the_jobs_progress(admin_page, live_server, tmp_path):
+    """The upload goes to a job page; a worker (here this test's thread, running what the Celery
+    task runs) imports it while the page polls the job's progress."""
     page = admin_page
     project = Project.objects.create(name="Uploads", overlap_k=1, gold_rate=0)
     bad = tmp_path / "bad.jsonl"
@@ -89,7 +94,9 @@ def test_upload_with_an_error_report_then_a_good_file_with_the_progress_bar(admi
     page.set_input_files("#id_file", str(bad))
     page.select_option("#id_format", "jsonl")
     page.click("#import-button")
-    page.wait_for_selector("#report-errors")
+    page.wait_for_selector("#job-detail:has-text('Waiting for a worker.')")
+    run_queued_imports()
+    page.wait_for_selector("#report-errors")  # the page polls, then reloads with the report
     shot(page, "console-import-errors.png")
     assert "Rejected: nothing was imported." in page.inner_text("#report-outcome")
     lines = page.eval_on_selector_all("#report-errors tbody tr td.num", "cells => cells.map(c => c.textContent)")
@@ -100,19 +107,32 @@ def test_upload_with_an_error_report_then_a_good_file_with_the_progress_bar(admi
     report = open(download_info.value.path()).read()
     assert "line 2: " in report and "line 3: malformed JSON" in report
 
+    page.goto(f"{live_server.url}/manage/projects/{project.pk}/import/")
+    assert "bad.jsonl" in page.inner_text("#import-jobs")
+    items = [json.dumps(item) + "\n" for item in make_items(3000, prefix="bulk")]
     big = tmp_path / "big.jsonl"
-    big.write_text("".join(json.dumps(item) + "\n" for item in make_items(3000, prefix="bulk")))
+    big.write_text("".join(items))
     page.set_input_files("#id_file", str(big))
     page.check("#id_skip_invalid")
-    seen = []
-    page.on("console", lambda message: seen.append(message.text))
-    page.evaluate("""() => { const bar = document.getElementById('import-progress');
-        new MutationObserver(() => { if (!bar.hidden) console.log('progress ' + bar.value); }).observe(bar, {attributes: true}); }""")
     page.click("#import-button")
-    page.wait_for_selector("#report-outcome:has-text('Imported: 3000 new tasks')", timeout=60000)
+    page.wait_for_selector("#job-detail:has-text('Waiting for a worker.')")
+    job = ImportJob.objects.latest("pk")
+    fifo = jobs.job_dir(job.pk) / "upload"  # the worker reads the file as this test feeds it
+    fifo.unlink()
+    os.mkfifo(fifo)
+    worker = threading.Thread(target=lambda: (jobs.execute_job(job.pk), connection.close()))
+    worker.start()
+    with open(fifo, "w") as pipe:
+        pipe.writelines(items[:1200])
+        pipe.flush()
+        page.wait_for_selector("#job-detail:has-text('read (')", timeout=30000)  # e.g. "97.6 KB of 244.1 KB read (40%)"
+        assert 0 < page.eval_on_selector("#job-progress", "bar => bar.value") < 1
+        assert page.inner_text("#job-status") == "importing"
+        shot(page, "console-import-running.png")
+        pipe.writelines(items[1200:])
+    worker.join(timeout=60)
+    page.wait_for_selector("#report-outcome:has-text('Imported: 3000 new tasks')", timeout=30000)
     assert ComparisonTask.objects.filter(project=project).count() == 3000
-    values = [int(float(text.split()[1])) for text in seen if text.startswith("progress ")]
-    assert values and max(values) >= 50  # the bar moved past the upload half
     shot(page, "console-import-done.png")
 
 

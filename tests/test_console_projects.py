@@ -15,11 +15,11 @@ from django.utils import timezone
 from labeling.console.charts import nice_ticks
 from labeling.exporting import iter_export_lines
 from labeling.importing.services import import_steps
-from labeling.models import Assignment, ComparisonTask, Judgement, Project, Prompt
+from labeling.models import Assignment, ComparisonTask, ImportJob, Judgement, Project, Prompt
 from labeling.services import JudgementInput, assign_next_task, create_annotator, submit_judgement
 from training.models import ModelVersion, ProjectTrainingSettings
 
-from .conftest import import_items, jsonl, make_items
+from .conftest import import_items, jsonl, make_items, run_queued_imports
 
 PASSWORD = "console-pass-7h2m"
 
@@ -247,64 +247,82 @@ def upload(name, lines: list[str]):
 GOOD = [json.dumps(item) for item in make_items(3)]
 
 
+def imported(admin_client, project, name, lines, **options):
+    """Post the console's import form, let the worker run the job, and return its page."""
+    before = Prompt.objects.count()
+    response = admin_client.post(reverse("console:import", args=[project.pk]), {"file": upload(name, lines), "format": "jsonl", **options})
+    assert response.status_code == 302 and response["Location"].startswith("/manage/imports/")
+    job = ImportJob.objects.latest("pk")
+    assert job.status == "queued" and Prompt.objects.count() == before  # the request only stored the file
+    assert "Waiting for a worker." in text(admin_client.get(response["Location"]))
+    run_queued_imports()
+    return job, text(admin_client.get(response["Location"]))
+
+
 def test_import_a_file_and_see_the_report(admin_client, project):
-    url = reverse("console:import", args=[project.pk])
-    response = admin_client.post(url, {"file": upload("batch.jsonl", GOOD), "format": "jsonl"})
-    assert response.status_code == 302 and response["Location"].endswith("#report")
+    job, page = imported(admin_client, project, "batch.jsonl", GOOD)
     assert ComparisonTask.objects.filter(project=project).count() == 3
-    page = text(admin_client.get(url))
-    assert "Last import: batch.jsonl" in page and "Imported: 3 new tasks" in page
-    again = admin_client.post(url, {"file": upload("batch.jsonl", GOOD), "format": "jsonl"})
-    assert again.status_code == 302 and ComparisonTask.objects.filter(project=project).count() == 3
-    assert "3 tasks were already there" in text(admin_client.get(url))
+    assert "import of batch.jsonl" in page and "Imported: 3 new tasks" in page
+    job, page = imported(admin_client, project, "batch.jsonl", GOOD)
+    assert ComparisonTask.objects.filter(project=project).count() == 3
+    assert "3 tasks were already there" in page
+    listing = text(admin_client.get(reverse("console:import", args=[project.pk])))
+    assert listing.count("batch.jsonl") == 2 and "3 new tasks" in listing and "0 new tasks" in listing
 
 
 def test_a_bad_line_rejects_the_file_with_a_line_numbered_report_to_download(admin_client, project):
-    url = reverse("console:import", args=[project.pk])
     lines = GOOD[:1] + ['{"prompt": "no replies"}', "not json <b>"] + GOOD[1:]
-    admin_client.post(url, {"file": upload("bad.jsonl", lines), "format": "jsonl"})
+    job, page = imported(admin_client, project, "bad.jsonl", lines)
     assert not ComparisonTask.objects.filter(project=project).exists()  # all or nothing
-    page = text(admin_client.get(url))
     assert "Rejected: nothing was imported." in page
     rows = re.findall(r'<tr><td class="num">(\d+)</td><td>(.*?)</td></tr>', page)
     assert [line for line, _ in rows] == ["2", "3"]
     assert "<b>" not in page.split('id="report"')[1]  # the line's text is escaped if quoted
-    report = admin_client.get(reverse("console:import_report", args=[project.pk]))
+    report = admin_client.get(reverse("console:import_report", args=[job.pk]))
     assert report.status_code == 200 and report["Content-Type"].startswith("text/plain")
     assert report["Content-Disposition"].startswith("attachment;") and ".txt" in report["Content-Disposition"]
     body = text(report)
-    assert "rejected: nothing was imported" in body
+    assert "rejected: nothing imported" in body
     assert re.search(r"^line 2: ", body, re.M) and re.search(r"^line 3: malformed JSON", body, re.M)
 
-    admin_client.post(url, {"file": upload("bad.jsonl", lines), "format": "jsonl", "skip_invalid": "on"})
+    job, page = imported(admin_client, project, "bad.jsonl", lines, skip_invalid="on")
     assert ComparisonTask.objects.filter(project=project).count() == 3
-    body = text(admin_client.get(reverse("console:import_report", args=[project.pk])))
+    body = text(admin_client.get(reverse("console:import_report", args=[job.pk])))
     assert "tasks created 3" in body and "invalid lines: 2" in body
 
 
-def test_the_scripted_import_streams_progress_and_ends_with_the_report(admin_client, project, settings):
+def test_the_scripted_import_answers_the_jobs_page_whose_state_shows_progress(admin_client, project):
     url = reverse("console:import", args=[project.pk])
     many = [json.dumps(item) for item in make_items(1200)]
-    response = admin_client.post(url, {"file": upload("big.jsonl", many), "format": "jsonl"}, HTTP_ACCEPT="application/x-ndjson")
-    assert response.status_code == 200 and response["X-Accel-Buffering"] == "no"
-    messages = [json.loads(line) for line in b"".join(response.streaming_content).decode().splitlines()]
-    assert messages[0] == {"done": 0, "total": messages[0]["total"]} and messages[0]["total"] > 0
-    assert messages[-1]["report"].endswith("#report") and messages[-1]["done"] == messages[-1]["total"]
-    assert all(a["done"] <= b["done"] for a, b in zip(messages, messages[1:]))
+    response = admin_client.post(url, {"file": upload("big.jsonl", many), "format": "jsonl"}, HTTP_ACCEPT="application/json")
+    assert response.status_code == 202
+    job = ImportJob.objects.get()
+    assert response.json() == {"job": reverse("console:import_job", args=[job.pk])}
+    state_url = reverse("console:import_job_state", args=[job.pk])
+    state = admin_client.get(state_url).json()
+    assert state["status"] == "queued" and not state["finished"] and state["bytes_total"] == job.size_bytes > 0
+    assert admin_client.get(reverse("console:import_report", args=[job.pk])).status_code == 409  # not ended yet
+    run_queued_imports()
+    state = admin_client.get(state_url).json()
+    assert state["finished"] and state["status"] == "succeeded" and state["fraction"] == 1
     assert ComparisonTask.objects.filter(project=project).count() == 1200
-    assert "Imported: 1200 new tasks" in text(admin_client.get(url))
+    assert "Imported: 1200 new tasks" in text(admin_client.get(reverse("console:import_job", args=[job.pk])))
 
 
-def test_import_form_errors_name_the_field(admin_client, project):
+def test_import_form_errors_name_the_field(admin_client, project, settings):
     url = reverse("console:import", args=[project.pk])
-    response = admin_client.post(url, {"format": "jsonl"}, HTTP_ACCEPT="application/x-ndjson")
+    response = admin_client.post(url, {"format": "jsonl"}, HTTP_ACCEPT="application/json")
     assert response.status_code == 400 and response.json()["errors"][0]["field"] == "file"
     response = admin_client.post(url, {"file": upload("x.csv", ["prompt,response_1,response_2"]), "format": "csv", "with_labels": "on"})
     assert response.status_code == 400 and "needs a format that carries a preference" in text(response)
     response = admin_client.post(url, {"file": upload("x.jsonl", GOOD), "format": "xml"})
     assert response.status_code == 400 and "Select a valid choice" in text(response)
-    assert not ComparisonTask.objects.exists()
-    assert admin_client.get(reverse("console:import_report", args=[project.pk])).status_code == 404
+    settings.IMPORT_MAX_UPLOAD_BYTES = 100  # the limit the API applies too
+    response = admin_client.post(url, {"file": upload("x.jsonl", GOOD), "format": "jsonl"}, HTTP_ACCEPT="application/json")
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "file" and "at most 100 bytes" in response.json()["errors"][0]["message"]
+    assert not ComparisonTask.objects.exists() and not ImportJob.objects.exists()
+    assert admin_client.get(reverse("console:import_report", args=[999999])).status_code == 404
 
 
 def test_an_import_stopped_half_way_leaves_nothing(project):
@@ -524,7 +542,8 @@ def test_extreme_form_values_are_form_errors(admin_client, field, value):
     "path",
     [
         "/manage/tasks/99999999999999999999999/", "/manage/projects/99999999999999999999999/",
-        "/manage/projects/99999999999999999999999/tasks/", "/manage/projects/99999999999999999999999/import/report.txt",
+        "/manage/projects/99999999999999999999999/tasks/", "/manage/imports/99999999999999999999999/report.txt",
+        "/manage/imports/99999999999999999999999/", "/manage/imports/99999999999999999999999/state/",
         "/manage/projects/{p}/tasks/?version=99999999999999999999", "/manage/projects/{p}/tasks/?q=%00",
         "/manage/projects/{p}/judgements/?annotator=%00", "/manage/projects/{p}/export/?format=trl&annotator=%00&download=1",
         "/manage/projects/{p}/tasks/?source=%ff", "/manage/projects/{p}/judgements/?page=-1",

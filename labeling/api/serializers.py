@@ -188,6 +188,94 @@ class ImportInput(serializers.Serializer):
         required=False, allow_null=True, default=None, min_value=1, max_value=1000,
         help_text="format replies: that many pairs of models per prompt, sampled (default: every pair)",
     )
+    background = serializers.BooleanField(
+        required=False, allow_null=True, default=None,
+        help_text="true: a worker imports the file (202 and the job); false: in this request (201 and the report), "
+        "for files up to IMPORT_INLINE_MAX_BYTES only; default: by size",
+    )
+
+
+class ImportLineError(serializers.Serializer):
+    line = serializers.IntegerField(help_text="the line number in the file (0: the file as a whole)")
+    reason = serializers.CharField()
+
+
+class ImportReportOutput(serializers.Serializer):
+    """What an import wrote; `skipped` lists the first 100 bad lines (skip_invalid)."""
+
+    lines_with_items = serializers.IntegerField()
+    prompts_created = serializers.IntegerField()
+    responses_created = serializers.IntegerField()
+    tasks_created = serializers.IntegerField()
+    tasks_already_present = serializers.IntegerField()
+    labels_created = serializers.IntegerField()
+    gold_tasks_created = serializers.IntegerField()
+    skipped_count = serializers.IntegerField()
+    skipped = ImportLineError(many=True)
+
+
+class ImportCountsOutput(serializers.Serializer):
+    lines_with_items = serializers.IntegerField()
+    prompts_created = serializers.IntegerField()
+    responses_created = serializers.IntegerField()
+    tasks_created = serializers.IntegerField()
+    tasks_already_present = serializers.IntegerField()
+    labels_created = serializers.IntegerField()
+    gold_tasks_created = serializers.IntegerField()
+    skipped_count = serializers.IntegerField()
+
+
+class ImportJobReportOutput(serializers.Serializer):
+    ok = serializers.BooleanField(help_text="false: the file was rejected and nothing was imported")
+    counts = ImportCountsOutput(required=False, help_text="what was written (when ok)")
+    errors = ImportLineError(many=True, help_text="the first 100 bad lines")
+    total_errors = serializers.IntegerField()
+
+
+class ImportProgressOutput(serializers.Serializer):
+    bytes_done = serializers.IntegerField()
+    bytes_total = serializers.IntegerField()
+    fraction = serializers.FloatField(help_text="bytes read / file size, 0 to 1")
+    eta_seconds = serializers.FloatField(allow_null=True, help_text="at the rate so far; null until known")
+    heartbeat_age_seconds = serializers.FloatField(allow_null=True, help_text="seconds since the worker last reported")
+    cancelling = serializers.BooleanField(help_text="cancel was asked; the import rolls back at its next batch")
+
+
+class ImportJobOutput(serializers.Serializer):
+    """An import run by a worker (files over IMPORT_INLINE_MAX_BYTES, or background=true)."""
+
+    id = serializers.IntegerField()
+    project = serializers.IntegerField(source="project_id")
+    file_name = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    format = serializers.CharField()
+    with_labels = serializers.BooleanField()
+    skip_invalid = serializers.BooleanField()
+    pairs_per_prompt = serializers.IntegerField(allow_null=True)
+    status = serializers.ChoiceField(choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    requested_by = serializers.CharField(source="requested_by.username", allow_null=True, default=None)
+    attempts = serializers.IntegerField()
+    error = serializers.CharField(help_text="why it failed or was cancelled; empty otherwise")
+    report = serializers.SerializerMethodField(help_text="the counts and the numbered bad lines, once it ended")
+    progress = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema_field(ImportJobReportOutput(allow_null=True))
+    def get_report(self, job) -> dict | None:
+        return job.report or None
+
+    @extend_schema_field(ImportProgressOutput)
+    def get_progress(self, job) -> dict:
+        from ..importing.jobs import read_progress
+
+        return read_progress(job)
+
+
+class ImportJobQuery(serializers.Serializer):
+    project = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1, help_text="only this project's imports (its id)")
+    status = serializers.ChoiceField(choices=["queued", "running", "succeeded", "failed", "cancelled"], required=False)
 
 
 class ExportQuery(serializers.Serializer):

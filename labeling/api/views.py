@@ -5,7 +5,9 @@ import os
 import re
 from urllib.parse import quote
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
+from django.urls import reverse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -16,8 +18,10 @@ from rest_framework.views import APIView
 
 from .. import selectors, services
 from ..exporting import iter_export_lines
+from ..exceptions import AlreadyClosed, InvalidInput
+from ..importing import jobs
 from ..importing.services import import_stream
-from ..models import Assignment, ComparisonTask, Judgement, Project
+from ..models import Assignment, ComparisonTask, ImportJob, Judgement, Project
 from ..quality_filter import JudgementFilter
 from ..models import Response as Reply
 from .permissions import IsLabelingAdmin, ReadAnyWriteAdmin
@@ -27,6 +31,9 @@ from .serializers import (
     ExportQuery,
     GoldInput,
     ImportInput,
+    ImportJobOutput,
+    ImportJobQuery,
+    ImportReportOutput,
     JudgementAdminOutput,
     JudgementInput,
     JudgementOutput,
@@ -219,18 +226,42 @@ class JudgementListView(generics.ListAPIView):
 
 
 class ImportView(APIView):
-    """Upload a file to import (admins). All or nothing unless skip_invalid."""
+    """Upload a file to import (admins). All or nothing unless skip_invalid. A file up to
+    IMPORT_INLINE_MAX_BYTES imports in the request (201 and the report); a larger one, or
+    background=true, is stored and imported by a worker (202 and the job, whose URL is in
+    Location: poll it for progress, the ETA and the report)."""
 
     permission_classes = [IsLabelingAdmin]
     parser_classes = [MultiPartParser, FormParser]
 
-    @extend_schema(request={"multipart/form-data": ImportInput}, responses={201: OpenApiTypes.OBJECT})
+    @extend_schema(
+        request={"multipart/form-data": ImportInput},
+        responses={201: ImportReportOutput, 202: ImportJobOutput},
+    )
     def post(self, request, project_id: int):
         project = get_object_or_404(Project, pk=project_id)
         payload = ImportInput(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         upload = data["file"]
+        size = upload.size or 0
+        jobs.check_options(fmt=data["format"], with_labels=data["with_labels"], size=size)
+        background = data["background"]
+        if background is None:
+            background = size > settings.IMPORT_INLINE_MAX_BYTES
+        elif not background and size > settings.IMPORT_INLINE_MAX_BYTES:
+            raise InvalidInput(
+                f"a file over {settings.IMPORT_INLINE_MAX_BYTES:,} bytes (IMPORT_INLINE_MAX_BYTES) is imported by a worker: "
+                "leave background out or set it to true", field="background",
+            )
+        if background:
+            job = jobs.create_job(
+                project=project, upload=upload, fmt=data["format"], with_labels=data["with_labels"],
+                skip_invalid=data["skip_invalid"], pairs_per_prompt=data["pairs_per_prompt"], requested_by=request.user,
+            )
+            response = Response(ImportJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
+            response["Location"] = reverse("api-import-job", args=[job.pk])
+            return response
         upload.seek(0)
         stream = upload.file if hasattr(upload.file, "readline") else io.BytesIO(upload.read())
         report = import_stream(
@@ -243,6 +274,50 @@ class ImportView(APIView):
             pairs_per_prompt=data["pairs_per_prompt"],
         )
         return Response(report.as_dict(), status=status.HTTP_201_CREATED)
+
+
+class ImportJobListView(generics.ListAPIView):
+    """Imports run by a worker, newest first (admins). Filters: project, status."""
+
+    permission_classes = [IsLabelingAdmin]
+    serializer_class = ImportJobOutput
+
+    @extend_schema(parameters=[ImportJobQuery])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        options = validated_query(ImportJobQuery, self.request)
+        jobs_ = ImportJob.objects.select_related("requested_by")
+        if "project" in options:
+            jobs_ = jobs_.filter(project_id=options["project"])
+        if "status" in options:
+            jobs_ = jobs_.filter(status=options["status"])
+        return jobs_
+
+
+class ImportJobView(generics.RetrieveAPIView):
+    """One import run by a worker: its status, progress, ETA and, once it ended, its report (admins)."""
+
+    permission_classes = [IsLabelingAdmin]
+    serializer_class = ImportJobOutput
+    queryset = ImportJob.objects.select_related("requested_by")
+    lookup_url_kwarg = "job_id"
+
+
+class ImportJobCancelView(APIView):
+    """Cancel an import (admins): a queued one at once, a running one rolls back at its next
+    batch (poll the job). 409 when it already ended."""
+
+    permission_classes = [IsLabelingAdmin]
+
+    @extend_schema(request=None, responses={202: ImportJobOutput})
+    def post(self, request, job_id: int):
+        job = get_object_or_404(ImportJob, pk=job_id)
+        if job.finished:
+            raise AlreadyClosed(f"the import already ended ({job.status})")
+        job = jobs.request_cancel(job)
+        return Response(ImportJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
 
 class ExportView(APIView):

@@ -5,10 +5,8 @@ every judgement, and the judgement list."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import time
 from urllib.parse import urlencode
 
 from django import forms
@@ -16,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
 from django.db.models import Count, Exists, OuterRef, Q, TextField, Value
 from django.db.models.functions import Cast, Concat
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -26,15 +25,18 @@ from training.models import ModelVersion
 
 from .. import selectors, services
 from ..api.views import export_disposition
-from ..exceptions import AssignmentNotFound, ImportFailed, InvalidInput, LabelingError
+from ..exceptions import AssignmentNotFound, InvalidInput, LabelingError
 from ..exporting import AGGREGATES, iter_export_lines
 from ..exporting import FORMATS as EXPORT_FORMATS
 from ..importing.formats import FORMATS as IMPORT_FORMATS
-from ..importing.services import LABELLED_FORMATS, import_steps
+from ..importing import jobs
+from ..importing.services import LABELLED_FORMATS
 from ..models import (
     Assignment,
     AssignmentState,
     ComparisonTask,
+    ImportJob,
+    ImportStatus,
     Judgement,
     JudgementSource,
     Project,
@@ -48,8 +50,6 @@ from ..verdicts import level_expression, verdict_key
 from .common import labeling_admin_required
 
 PAGE_SIZE = 50
-REPORT_KEY = "console.import_report"
-PROGRESS_EVERY_S = 0.25
 IMPORT_FORMAT_HELP = {
     "jsonl": "JSON Lines: {\"prompt\" or \"messages\", \"responses\": [text or {\"text\", \"model\"}, ...], \"metadata\", \"gold\"}",
     "csv": "CSV with prompt, response_1 … response_K and optional model_1 … model_K columns",
@@ -95,128 +95,105 @@ class ImportForm(forms.Form):
         return cleaned
 
 
-def _report(upload_name: str, data: dict, *, ok: bool, counts: dict | None, errors: list, total_errors: int) -> dict:
-    return {
-        "ok": ok,
-        "file": upload_name,
-        "format": data["format"],
-        "with_labels": data["with_labels"],
-        "skip_invalid": data["skip_invalid"],
-        "counts": counts or {},
-        "errors": [{"line": line, "reason": reason} for line, reason in errors],
-        "total_errors": total_errors,
-        "at": timezone.now().isoformat(timespec="seconds"),
-    }
-
-
-def _run_import(project: Project, data: dict):
-    """Yield bytes read while importing; return the report dict (stored for the report page)."""
-    upload = data["file"]
-    name = os.path.basename(upload.name or "upload")[:200]
-    upload.seek(0)
-    steps = import_steps(
-        project=project,
-        stream=upload.file if hasattr(upload.file, "readline") else upload,
-        fmt=data["format"],
-        source=name,
-        with_labels=data["with_labels"],
-        skip_invalid=data["skip_invalid"],
-    )
-    try:
-        while True:
-            yield next(steps)
-    except StopIteration as done:
-        report = done.value
-        counts = {k: v for k, v in report.as_dict().items() if isinstance(v, int)}
-        return _report(name, data, ok=True, counts=counts, errors=report.skipped, total_errors=report.skipped_count)
-    except ImportFailed as failed:
-        return _report(name, data, ok=False, counts=None, errors=failed.errors, total_errors=failed.total_errors)
-    except LabelingError as error:
-        return _report(name, data, ok=False, counts=None, errors=[(0, error.message)], total_errors=1)
-
-
-def _store_report(request, project: Project, report: dict) -> None:
-    reports = request.session.get(REPORT_KEY) or {}
-    reports = {key: value for key, value in reports.items() if key != str(project.pk)}
-    reports[str(project.pk)] = report
-    request.session[REPORT_KEY] = dict(list(reports.items())[-5:])  # the last few projects' reports
-    request.session.save()
-
-
-def _stored_report(request, project: Project) -> dict | None:
-    reports = request.session.get(REPORT_KEY)
-    return reports.get(str(project.pk)) if isinstance(reports, dict) else None
+IMPORT_JOBS_SHOWN = 10
 
 
 @labeling_admin_required
 def import_page(request, project_id: int):
-    """GET: the form and the last report. POST: import; with Accept: application/x-ndjson
-    (the page's script) the answer streams progress lines and ends with the report's URL,
-    otherwise (no script) it redirects to the report when done."""
+    """GET: the form and the project's recent imports. POST: store the file and queue its
+    import (a worker runs it, whatever its size); the answer is the job's page (a redirect,
+    or its URL as JSON for the page's script, which shows the upload's progress first)."""
     project = get_object_or_404(Project, pk=project_id)
-    streaming = "application/x-ndjson" in request.headers.get("Accept", "")
+    scripted = "application/json" in request.headers.get("Accept", "")
     if request.method == "POST":
         form = ImportForm(request.POST, request.FILES)
-        if not form.is_valid():
-            if streaming:
-                problems = [{"field": name, "message": " ".join(errors)} for name, errors in form.errors.items()]
-                return HttpResponse(json.dumps({"errors": problems}), status=400, content_type="application/json")
-            return render(request, "console/import.html", {"project": project, "form": form, "report": None}, status=400)
-        data = form.cleaned_data
-        report_url = reverse("console:import", args=[project.pk]) + "#report"
-        if not streaming:
-            steps = _run_import(project, data)
+        if form.is_valid():
+            data = form.cleaned_data
             try:
-                while True:
-                    next(steps)
-            except StopIteration as done:
-                _store_report(request, project, done.value)
-            return redirect(report_url)
+                job = jobs.create_job(
+                    project=project, upload=data["file"], fmt=data["format"], with_labels=data["with_labels"],
+                    skip_invalid=data["skip_invalid"], requested_by=request.user,
+                )
+            except InvalidInput as error:
+                form.add_error(error.field if error.field in form.fields else None, error.message)
+            else:
+                url = reverse("console:import_job", args=[job.pk])
+                if scripted:
+                    return HttpResponse(json.dumps({"job": url}), status=202, content_type="application/json")
+                return redirect(url)
+        if scripted:
+            problems = [{"field": name if name != "__all__" else "", "message": " ".join(errors)} for name, errors in form.errors.items()]
+            return HttpResponse(json.dumps({"errors": problems}), status=400, content_type="application/json")
+        return render(request, "console/import.html", _import_context(project, form), status=400)
+    return render(request, "console/import.html", _import_context(project, ImportForm()))
 
-        def progress_lines():
-            total = data["file"].size or 0
-            yield json.dumps({"done": 0, "total": total}) + "\n"
-            steps = _run_import(project, data)
-            last = time.monotonic()
-            try:
-                while True:
-                    done = next(steps)
-                    if time.monotonic() - last >= PROGRESS_EVERY_S:
-                        last = time.monotonic()
-                        yield json.dumps({"done": min(done, total), "total": total}) + "\n"
-            except StopIteration as finished:
-                _store_report(request, project, finished.value)
-            yield json.dumps({"done": total, "total": total, "report": report_url}) + "\n"
 
-        response = StreamingHttpResponse(progress_lines(), content_type="application/x-ndjson")
-        response["X-Accel-Buffering"] = "no"  # nginx passes each progress line on at once
-        response["Cache-Control"] = "no-store"
-        return response
-    return render(
-        request,
-        "console/import.html",
-        {"project": project, "form": ImportForm(), "report": _stored_report(request, project)},
-    )
+def _import_context(project: Project, form) -> dict:
+    return {
+        "project": project, "form": form, "jobs": ImportJob.objects.filter(project=project).select_related("requested_by")[:IMPORT_JOBS_SHOWN],
+        "max_upload": settings.IMPORT_MAX_UPLOAD_BYTES, "max_line": settings.IMPORT_MAX_LINE_BYTES,
+    }
+
+
+def _job_state(job: ImportJob) -> dict:
+    """What the job page's script polls: the status in words, the progress and whether it ended."""
+    progress = jobs.read_progress(job)
+    return {
+        "status": job.status, "status_text": job.get_status_display(), "finished": job.finished,
+        "fraction": progress["fraction"], "bytes_done": progress["bytes_done"], "bytes_total": progress["bytes_total"],
+        "eta_seconds": progress["eta_seconds"], "cancelling": progress["cancelling"], "error": job.error,
+    }
 
 
 @labeling_admin_required
-def import_report(request, project_id: int):
-    """The last import's report as a text file: one line per bad input line."""
-    project = get_object_or_404(Project, pk=project_id)
-    report = _stored_report(request, project)
-    if report is None:
-        return HttpResponse("No import report for this project in this session.\n", status=404, content_type="text/plain; charset=utf-8")
+def import_job(request, job_id: int):
+    """One import: its progress and ETA while it runs (the script polls import_job_state;
+    without a script the page refreshes itself), then its report."""
+    job = get_object_or_404(ImportJob.objects.select_related("project", "requested_by"), pk=job_id)
+    return render(request, "console/import_job.html", {"project": job.project, "job": job, "state": _job_state(job)})
+
+
+@labeling_admin_required
+def import_job_state(request, job_id: int):
+    job = get_object_or_404(ImportJob, pk=job_id)
+    response = HttpResponse(json.dumps(_job_state(job)), content_type="application/json")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@labeling_admin_required
+def import_job_cancel(request, job_id: int):
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    job = get_object_or_404(ImportJob, pk=job_id)
+    if job.finished:
+        messages.info(request, f"The import had already ended ({job.get_status_display()}).")
+    else:
+        jobs.request_cancel(job)
+        messages.info(request, "Cancel requested: nothing of this file will be imported.")
+    return redirect("console:import_job", job.pk)
+
+
+@labeling_admin_required
+def import_report(request, job_id: int):
+    """An import's report as a text file: the outcome, then one line per bad input line."""
+    job = get_object_or_404(ImportJob.objects.select_related("project"), pk=job_id)
+    if not job.finished:
+        return HttpResponse("This import has not ended yet.\n", status=409, content_type="text/plain; charset=utf-8")
+    report = job.report or {}
+    errors = report.get("errors") or []
+    total_errors = report.get("total_errors", 0)
     lines = [
-        f"import of {report['file']} into project {project.name} ({report['format']}) at {report['at']}",
-        ("imported: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["counts"].items()))
-        if report["ok"] else "rejected: nothing was imported",
-        f"invalid lines: {report['total_errors']}"
-        + (f" (the first {len(report['errors'])} are listed)" if report["total_errors"] > len(report["errors"]) else ""),
+        f"import {job.pk} of {job.file_name} into project {job.project.name} ({job.format}), "
+        f"queued {job.created_at.isoformat(timespec='seconds')}, ended {job.finished_at.isoformat(timespec='seconds') if job.finished_at else ''}",
+        ("imported: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in (report.get("counts") or {}).items()))
+        if job.status == ImportStatus.SUCCEEDED else f"{job.get_status_display()}: {job.error}",
+        f"invalid lines: {total_errors}" + (f" (the first {len(errors)} are listed)" if total_errors > len(errors) else ""),
         "",
     ]
-    lines += [f"line {error['line']}: {error['reason']}" for error in report["errors"]]
+    lines += [f"line {error['line']}: {error['reason']}" for error in errors]
     response = HttpResponse("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
-    response["Content-Disposition"] = export_disposition(project.name, "import-report").replace(".jsonl", ".txt")
+    response["Content-Disposition"] = export_disposition(job.project.name, f"import-{job.pk}-report").replace(".jsonl", ".txt")
     return response
 
 

@@ -364,7 +364,8 @@ def iter_records(
         try:
             obj = jsonsafety.loads(raw)
         except ValueError as exc:  # malformed, not UTF-8, too deep, NaN / Infinity, NUL or lone surrogate
-            yield number, RecordError(f"malformed JSON: {exc}"), consumed
+            # json's "line 1 column 2 (char 1)" counts within this one line: say the column only (#20)
+            yield number, RecordError(f"malformed JSON: {exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else f"malformed JSON: {exc}"), consumed
             continue
         if not isinstance(obj, dict):
             yield number, RecordError("each line must be a JSON object"), consumed

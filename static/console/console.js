@@ -1,4 +1,4 @@
-// Console pages: guidelines preview, confirmations, the import upload with its progress bar.
+// Console pages: guidelines preview, confirmations, the import upload and its job's progress.
 // No inline scripts, no CDN; server answers are put in the page as text, except the
 // preview, which is the server's sanitized markdown (labeling.rendering, the annotators' renderer).
 (function () {
@@ -34,66 +34,75 @@
     render();
   }
 
-  // import: upload with a progress bar, then the server's progress while it reads the file
+  // import: upload with a progress bar, then the job's page (a worker imports the file)
   const form = document.getElementById("import-form");
   if (form && window.XMLHttpRequest && window.FormData) {
     const bar = document.getElementById("import-progress");
     const status = document.getElementById("import-status");
     const errors = document.getElementById("import-form-errors");
+    const button = form.querySelector("button[type=submit]");
     form.addEventListener("submit", function (event) {
       event.preventDefault();
       errors.textContent = "";
       const xhr = new XMLHttpRequest();
-      let seen = 0;
       xhr.open("POST", form.action);
-      xhr.setRequestHeader("Accept", "application/x-ndjson");
+      xhr.setRequestHeader("Accept", "application/json");
       xhr.setRequestHeader("X-CSRFToken", csrf());
       bar.hidden = false; bar.value = 0; bar.max = 100;
       status.textContent = "Uploading…";
-      form.querySelector("button[type=submit]").disabled = true;
+      button.disabled = true;
       xhr.upload.addEventListener("progress", function (e) {
-        if (e.lengthComputable) { bar.value = Math.round(50 * e.loaded / e.total); status.textContent = "Uploading: " + Math.round(100 * e.loaded / e.total) + "%"; }
+        if (e.lengthComputable) { bar.value = Math.round(100 * e.loaded / e.total); status.textContent = "Uploading: " + Math.round(100 * e.loaded / e.total) + "%"; }
       });
-      const readLines = function () {
-        const text = xhr.responseText;
-        const end = text.lastIndexOf("\n");
-        if (end < seen) return null;
-        const lines = text.slice(seen, end).split("\n").filter(Boolean);
-        seen = end + 1;
-        let last = null;
-        lines.forEach(function (line) {
-          let message; try { message = JSON.parse(line); } catch (e) { return; }
-          last = message;
-          if (message.total) { bar.value = 50 + Math.round(50 * message.done / message.total); status.textContent = "Importing: " + Math.round(100 * message.done / message.total) + "% of the file read"; }
-        });
-        return last;
-      };
-      let final = null;
-      xhr.addEventListener("progress", function () { final = readLines() || final; });
       xhr.addEventListener("load", function () {
-        final = readLines() || final;
-        if (xhr.status === 200 && final && final.report) {
-          bar.value = 100;
-          const target = new URL(final.report, window.location.href);
-          if (target.pathname === window.location.pathname && target.search === window.location.search) {
-            window.location.hash = target.hash;  // the same page: a hash change alone would not load the report
-            window.location.reload();
-          } else {
-            window.location.assign(target.href);
-          }
-          return;
-        }
-        form.querySelector("button[type=submit]").disabled = false;
-        bar.hidden = true; status.textContent = "";
         let data = null; try { data = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
-        const problems = data && data.errors ? data.errors : [{ field: "", message: "The upload failed (HTTP " + xhr.status + "). Nothing was imported." }];
+        if (xhr.status === 202 && data && data.job) { window.location.assign(new URL(data.job, window.location.href).href); return; }
+        button.disabled = false;
+        bar.hidden = true; status.textContent = "";
+        let problems = data && data.errors ? data.errors : null;
+        if (!problems) {
+          const reason = xhr.status === 413 ? "The file is larger than the server accepts." : "The upload failed (HTTP " + xhr.status + ").";
+          problems = [{ field: "", message: reason + " Nothing was imported." }];
+        }
         problems.forEach(function (p) { const li = document.createElement("li"); li.textContent = (p.field ? p.field + ": " : "") + p.message; errors.appendChild(li); });
       });
       xhr.addEventListener("error", function () {
-        form.querySelector("button[type=submit]").disabled = false;
+        button.disabled = false;
         status.textContent = "The connection failed. Nothing was imported.";
       });
       xhr.send(new FormData(form));
     });
+  }
+
+  // an import's page: poll its state until it ends, then load the report
+  const job = document.getElementById("job");
+  if (job && job.dataset.finished === "0" && window.fetch) {
+    const bar = document.getElementById("job-progress");
+    const detail = document.getElementById("job-detail");
+    const statusText = document.getElementById("job-status");
+    const size = function (n) {
+      const units = ["bytes", "KB", "MB", "GB"]; let i = 0;
+      while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+      return (i ? n.toFixed(1) : String(n)) + " " + units[i];
+    };
+    const eta = function (s) {
+      if (s === null || s === undefined) return "";
+      s = Math.round(s);
+      return s < 60 ? ", about " + s + " s left" : ", about " + Math.floor(s / 60) + " min " + (s % 60) + " s left";
+    };
+    const poll = function () {
+      fetch(job.dataset.stateUrl, { credentials: "same-origin", cache: "no-store" })
+        .then(function (r) { return r.ok ? r.json() : Promise.reject(new Error(r.statusText)); })
+        .then(function (state) {
+          if (state.finished) { window.location.reload(); return; }
+          statusText.textContent = state.status_text + (state.cancelling ? " (cancelling)" : "");
+          bar.value = state.fraction;
+          detail.textContent = state.status === "queued" ? "Waiting for a worker."
+            : size(state.bytes_done) + " of " + size(state.bytes_total) + " read (" + Math.round(100 * state.fraction) + "%)" + eta(state.eta_seconds);
+          setTimeout(poll, 1000);
+        })
+        .catch(function () { detail.textContent = "Lost contact with the server; retrying…"; setTimeout(poll, 3000); });
+    };
+    setTimeout(poll, 500);
   }
 })();
