@@ -23,9 +23,8 @@ migrate: install
 
 demo: migrate
 	$(PY) manage.py seed_demo
-	$(PY) manage.py bootstrap_models
 
-## run: install, migrate, load the demo, build the default model; web + worker + beat on http://$(HOST):$(PORT)/
+## run: install, migrate, load the demo; web + worker + beat + policy server on http://$(HOST):$(PORT)/, the default model built in the background
 run: demo
 	@echo ""
 	@echo "  Open http://$(HOST):$(PORT)/ and log in with one of the accounts above."

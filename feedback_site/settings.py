@@ -70,6 +70,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "labeling.middleware.ContentSecurityPolicyMiddleware",
+    "feedback_site.not_found.FriendlyNotFoundMiddleware",  # DEBUG: the app's 404 page, not Django's list of every URL
     "axes.middleware.AxesMiddleware",  # last: turns a lockout into the 429 page
 ]
 
@@ -195,6 +196,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "JudgementChoiceEnum": "labeling.models.Choice",
+        "ImportStatusEnum": "labeling.models.ImportStatus",
         "RunKindEnum": "training.models.RunKind",
         "VersionKindEnum": "training.models.VersionKind",
     },

@@ -485,6 +485,9 @@ class ProjectQualitySettings(models.Model):
     )
     auto_pause = models.BooleanField(default=False, help_text="pause flagged annotators automatically")
 
+    class Meta:
+        verbose_name_plural = "project quality settings"
+
     def __str__(self) -> str:
         return f"quality settings of {self.project}"
 
@@ -541,6 +544,9 @@ class ProjectLiveSettings(models.Model):
     turns_per_hour = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1), MaxValueValidator(10_000)],
                                                  help_text="messages (and retries) one annotator may send per hour")
     reveal_sources = models.BooleanField(default=False, help_text="after the vote, show which endpoint wrote each reply (Chatbot Arena does)")
+
+    class Meta:
+        verbose_name_plural = "project live settings"
 
     def __str__(self) -> str:
         return f"live settings of {self.project}"

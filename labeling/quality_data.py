@@ -211,7 +211,8 @@ def leaderboard_summary(project: Project, *, draws: int = 1000, seed: int = 0, t
     known = sources >= 0
     pairs = pairs_from_ranked_arrays(table.entry_row[known], sources[known], table.entry_group[known])
     if not names or pairs.a.size == 0:
-        return {"sources": [], "names": names, "win_matrix": [], "count_matrix": [], "comparisons": 0, "connected": True}
+        return {"sources": [], "names": names, "order": [], "win_matrix": [], "count_matrix": [], "comparisons": 0, "connected": True,
+                "level": 0.95, "ties": "half a win for each side"}
     board = bradley_terry(pairs.a, pairs.b, pairs.outcome, n_sources=len(names), names=names, draws=draws, seed=seed)
     return {
         "sources": [_plain(row) for row in board.table()],

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,33 @@ from training.ml.bootstrap import DefaultModelConfig, new_policy, save_new_model
 from training.ml.synthetic import corpus
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+
+
+def _no_nagle_in_the_live_server() -> None:
+    """The live server (Django's WSGIServer) writes a response's headers and body in separate
+    sends; with Nagle's algorithm and the client's delayed ACK each response then waited ~40 ms,
+    which was most of the schema fuzz's 7 minutes (#20). TCP_NODELAY sends them at once."""
+    from django.core.servers.basehttp import WSGIRequestHandler
+
+    if getattr(WSGIRequestHandler, "_no_nagle", False):
+        return
+    setup = WSGIRequestHandler.setup
+
+    def setup_without_nagle(self):
+        setup(self)
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    WSGIRequestHandler.setup = setup_without_nagle
+    WSGIRequestHandler._no_nagle = True
+
+
+_no_nagle_in_the_live_server()
 SERVICE_SKIPS: list[str] = []
+# the real human preference data the training defaults are checked on (read in place, never copied)
+SHARED_HH_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-harmless-1000.jsonl"
 
 
 def find_binary(name: str) -> str | None:
@@ -69,6 +96,9 @@ def pytest_collection_modifyitems(config, items):
         if "faults" in item.keywords and fault_binaries:
             item.add_marker(pytest.mark.skip(reason=f"needs the server binaries {', '.join(fault_binaries)}"))
             SERVICE_SKIPS.append(f"{item.nodeid}  [no {', '.join(fault_binaries)}]")
+        if "shared_data" in item.keywords and not SHARED_HH_FILE.exists():
+            item.add_marker(pytest.mark.skip(reason=f"the shared HH-RLHF sample is missing: {SHARED_HH_FILE}"))
+            SERVICE_SKIPS.append(f"{item.nodeid}  [no {SHARED_HH_FILE}]")
         if "browser" in item.keywords and not has_browser:
             item.add_marker(pytest.mark.skip(reason=f"needs chromium at {CHROMIUM}"))
             SERVICE_SKIPS.append(f"{item.nodeid}  [no chromium]")
@@ -79,7 +109,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         bar = "!" * 78
         terminalreporter.write_line(bar, red=True, bold=True)
         terminalreporter.write_line(
-            f"{len(SERVICE_SKIPS)} TESTS SKIPPED BECAUSE A SERVICE OR DEVICE IS MISSING:", red=True, bold=True
+            f"{len(SERVICE_SKIPS)} TESTS SKIPPED BECAUSE A SERVICE, A DEVICE OR THE SHARED DATA IS MISSING:", red=True, bold=True
         )
         for line in SERVICE_SKIPS:
             terminalreporter.write_line(f"  SKIPPED {line}", red=True)
@@ -167,6 +197,13 @@ def tiny_policy_dir(tmp_path_factory, tiny_tokenizer):
     path = tmp_path_factory.mktemp("models") / "tiny-policy"
     save_new_model(new_policy(tiny_tokenizer, TINY), tiny_tokenizer, path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def default_policy_built(settings, tiny_policy_dir):
+    """The built-in default policy exists, as after `make run`'s background build: runs that
+    start from it are accepted (tests of the build itself point DEFAULT_POLICY_PATH elsewhere)."""
+    settings.DEFAULT_POLICY_PATH = tiny_policy_dir
 
 
 @pytest.fixture(autouse=True)

@@ -60,6 +60,9 @@ def test_validation_error_keeps_every_input_and_a_reload_is_safe(live_server, tr
     page.keyboard.press("g")
     legend = page.locator("#guidelines-dialog .key-legend").inner_text()
     assert "ranking tasks" in legend and "Shift" in legend and "same rank" in legend and "pairwise" not in legend
+    # it opens at its top (the title has the focus), not scrolled down to its Close button (#20)
+    assert page.evaluate("document.activeElement.id") == "guidelines-title"
+    assert page.evaluate("document.getElementById('guidelines-dialog').scrollTop") == 0
     shot(page, "ranking-legend.png")
     page.keyboard.press("Escape")
 

@@ -315,10 +315,26 @@ def test_min_judgements_prevents_flags_for_newcomers():
     quiet = annotator_report(annotator, winner_position=winner, time_ms=times, min_time_ms=3000,
                              thresholds=Thresholds(max_position_bias_p=0.05))
     assert quiet.annotators[0].flags == ()
+    (warning,) = quiet.annotators[0].warnings  # the bias test already shows evidence; the speed share waits
+    assert warning.startswith("early warning (8 judgements; flags start at 30): chose the first-shown reply in 100% of 8")
     loud = annotator_report(annotator, winner_position=winner, time_ms=times, min_time_ms=3000,
                             thresholds=Thresholds(max_position_bias_p=0.05, min_judgements=5))
     assert len(loud.annotators[0].flags) == 2  # position (p = 2 / 256) and speed
     assert flag_annotators(loud.annotators, Thresholds(min_judgements=9)) == {1: []}
+
+
+def test_a_careless_start_is_an_early_warning_on_evidence_not_a_flag():
+    """#20: 1 s per task, the first-shown reply every time. Under the default thresholds
+    (p < 0.001, 30 judgements before a flag) 12 such judgements are evidence (p = 2 / 4096)
+    and warn; 8 are not yet (p = 0.0078)."""
+    for n, warned in ((8, False), (12, True)):
+        report = annotator_report(np.repeat([1], n), winner_position=np.zeros(n, dtype=int), time_ms=np.full(n, 1000.0),
+                                  min_time_ms=3000, thresholds=Thresholds())
+        row = report.annotators[0]
+        assert row.flags == ()  # a flag (and an automatic pause) still waits for 30 judgements
+        assert bool(row.warnings) is warned
+    assert row.warnings == ("early warning (12 judgements; flags start at 30): chose the first-shown reply in 100% of 12 judgements"
+                            " (chance 50%, p = 0.00049)",)
 
 
 def test_reasons_are_plain_text_and_missing_inputs_leave_figures_empty():

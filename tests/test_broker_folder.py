@@ -58,7 +58,8 @@ def test_worker_and_beat_write_only_under_var(tmp_path):
     before = tree(checkout)
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "VAR_DIR", "STATIC_ROOT", "ARTIFACT_ROOT", "PYTHONPATH")}
-    env.update({"PYTHONDONTWRITEBYTECODE": "1", "HOST": "127.0.0.1", "PORT": str(free_port()), "OMP_NUM_THREADS": "1"})
+    env.update({"PYTHONDONTWRITEBYTECODE": "1", "HOST": "127.0.0.1", "PORT": str(free_port()), "OMP_NUM_THREADS": "1",
+                "BOOTSTRAP_MODELS": "0"})  # the background build has its own test (test_bootstrap.py)
 
     migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=checkout, env=env,
                              capture_output=True, text=True, timeout=180)

@@ -250,7 +250,7 @@ GOOD = [json.dumps(item) for item in make_items(3)]
 def imported(admin_client, project, name, lines, **options):
     """Post the console's import form, let the worker run the job, and return its page."""
     before = Prompt.objects.count()
-    response = admin_client.post(reverse("console:import", args=[project.pk]), {"file": upload(name, lines), "format": "jsonl", **options})
+    response = admin_client.post(reverse("console:import", args=[project.pk]), {"file": upload(name, lines), "format": "jsonl"} | options)
     assert response.status_code == 302 and response["Location"].startswith("/manage/imports/")
     job = ImportJob.objects.latest("pk")
     assert job.status == "queued" and Prompt.objects.count() == before  # the request only stored the file
@@ -323,6 +323,14 @@ def test_import_form_errors_name_the_field(admin_client, project, settings):
     assert response.json()["errors"][0]["field"] == "file" and "at most 100 bytes" in response.json()["errors"][0]["message"]
     assert not ComparisonTask.objects.exists() and not ImportJob.objects.exists()
     assert admin_client.get(reverse("console:import_report", args=[999999])).status_code == 404
+
+
+def test_a_replies_file_from_the_console_samples_pairs_per_prompt(admin_client, project):
+    lines = [json.dumps({"prompt": f"q{p}", "model": m, "response": f"{m} answers q{p}"}) for p in range(3) for m in ("x", "y", "z")]
+    job, page = imported(admin_client, project, "replies.jsonl", lines, format="replies", pairs_per_prompt="1")
+    assert job.pairs_per_prompt == 1 and "Imported: 3 new tasks" in page  # one of the 3 pairs per prompt
+    job, page = imported(admin_client, project, "replies.jsonl", lines, format="replies")
+    assert ComparisonTask.objects.filter(project=project).count() == 9  # every pair
 
 
 def test_an_import_stopped_half_way_leaves_nothing(project):

@@ -49,7 +49,8 @@ def signed_in_dashboard(browser, live_server, project, width=1300):  # noqa: F81
 
 def ppo_series(n):
     """n steps of a plausible PPO run: reward climbs from about -0.5 to 1.3, KL from 0 to about 4."""
-    return [{"step": i + 1, "reward_mean": -0.5 + 1.8 * i / max(1, n - 1) + 0.1 * math.sin(i), "kl": 4.0 * (i / max(1, n - 1)) ** 1.5} for i in range(n)]
+    return [{"step": i + 1, "reward_mean": -0.5 + 1.8 * i / max(1, n - 1) + 0.1 * math.sin(i), "kl": 4.0 * (i / max(1, n - 1)) ** 1.5 - 0.12,
+             "kl_k3": 4.0 * (i / max(1, n - 1)) ** 1.5} for i in range(n)]  # k1 dips below 0 early on; the chart shows k3
 
 
 def populate(project):
@@ -180,8 +181,9 @@ def test_runs_show_times_and_eta_a_cycle_shows_its_stages_and_the_charts_are_lai
     ppo = page.eval_on_selector("#chart-ppo", MEASURE)
     assert_clean_layout(ppo, two_axes=True)
     assert ppo["dots"] == 0  # too many points for dots
-    assert [item["text"] for item in ppo["legend"]] == ["mean reward (left axis)", "KL (right axis)"]
-    assert {title["text"] for title in ppo["titles"]} == {"step", "mean reward", "KL to reference"}
+    assert [item["text"] for item in ppo["legend"]] == ["mean reward (left axis)", "KL (k3, ≥ 0) (right axis)"]
+    assert float(ppo["right"][0]["text"]) >= 0  # no negative KL ticks: k1 went to -0.12, k3 cannot
+    assert {title["text"] for title in ppo["titles"]} == {"step", "mean reward", "KL to reference (k3)"}
     assert float(ppo["right"][-1]["text"]) >= 4.0 > float(ppo["right"][-2]["text"])  # KL on its own scale
     assert float(ppo["left"][-1]["text"]) < 4.0
     rm = page.eval_on_selector("#chart-rm", MEASURE)
@@ -200,7 +202,7 @@ def test_runs_show_times_and_eta_a_cycle_shows_its_stages_and_the_charts_are_lai
 
 def test_one_point_and_no_data(live_server, transactional_db, browser):  # noqa: F811
     project = Project.objects.create(name="one step")
-    TrainingRun.objects.create(project=project, kind="ppo", status=RunStatus.SUCCEEDED, progress=1.0, metric_series=[{"step": 1, "reward_mean": 0.3, "kl": 0.0}])
+    TrainingRun.objects.create(project=project, kind="ppo", status=RunStatus.SUCCEEDED, progress=1.0, metric_series=[{"step": 1, "reward_mean": 0.3, "kl": 0.0, "kl_k3": 0.0}])
     empty = Project.objects.create(name="nothing yet")
     page, errors = signed_in_dashboard(browser, live_server, project, width=900)
     page.wait_for_selector("#chart-ppo .series-line", state="attached")  # one point: a line of no size

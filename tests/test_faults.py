@@ -76,7 +76,7 @@ def test_reaper_sends_lost_queued_runs_again_once_per_interval(db, monkeypatch):
     sent = []
     monkeypatch.setattr(services, "enqueue_run", sent.append)
     project = Project.objects.create(name="lost messages")
-    lost = services.start_run(project=project, kind="reward", enqueue=False)
+    lost = services.start_run(project=project, kind="generate", enqueue=False)
     fresh = services.start_run(project=project, kind="sft", enqueue=False)
     running = services.start_run(project=project, kind="ppo", enqueue=False)
     stage = TrainingRun.objects.create(project=project, kind="reward", parent=running)  # runs inside its parent

@@ -161,7 +161,13 @@ def test_export_file_name_is_safe_for_any_stored_name(admin_user):
     assert "\r" not in disposition and "\n" not in disposition and disposition.isascii()
     plain = disposition.split('filename="')[1].split('"')[0]
     assert plain and all(c.isalnum() or c in "._-" for c in plain)
-    assert "filename*=UTF-8''evil%22%0D%0AX-Injected" in disposition
+    assert "filename*=UTF-8''evil-X-Injected-1%3B-..-..-%C3%A9-trl.jsonl" in disposition  # no quote, line break or slash
+
+
+def test_export_file_name_has_no_spaces_or_colons(admin_user):
+    project = Project.objects.create(name="Demo: assistant replies")
+    disposition = api(admin_user).get(f"/api/v1/projects/{project.pk}/export/")["Content-Disposition"]
+    assert disposition == "attachment; filename=\"Demo-assistant-replies-trl.jsonl\"; filename*=UTF-8''Demo-assistant-replies-trl.jsonl"
 
 
 # --------------------------------------------------------------------------- 2. import

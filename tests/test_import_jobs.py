@@ -209,3 +209,34 @@ def test_a_real_worker_imports_what_the_api_queued(admin_user, tmp_path, setting
     finally:
         worker.stop()
         use_broker(app, previous)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_import_refreshes_the_statistics_and_never_waits_on_another_import(caplog):
+    """The import ANALYZEs the tables it writes inside its transaction (else PostgreSQL plans
+    its lookups as if they were empty and slows down as they grow); when another import holds
+    that lock, it goes on without waiting for it."""
+    import psycopg
+
+    from labeling.importing.services import import_stream
+
+    from .conftest import jsonl
+
+    settings_dict = connection.settings_dict
+    other = psycopg.connect(host=settings_dict["HOST"] or "127.0.0.1", port=settings_dict["PORT"] or 5432,
+                            user=settings_dict["USER"], dbname=settings_dict["NAME"])
+    try:
+        other.execute('ANALYZE "labeling_prompt"')  # holds ANALYZE's lock until it commits, as a running import does
+        project = Project.objects.create(name="stats", overlap_k=1, gold_rate=0)
+        with caplog.at_level("INFO", logger="labeling.importing.services"):
+            report = import_stream(project=project, stream=jsonl(make_items(1200, prefix="s")), fmt="jsonl")
+        assert report.tasks_created == 1200
+        assert "statistics not refreshed" in caplog.text and "lock timeout" in caplog.text
+    finally:
+        other.rollback()
+        other.close()
+    with connection.cursor() as cursor:  # alone, it analyzes: the planner knows its rows
+        import_stream(project=project, stream=jsonl(make_items(1200, prefix="t")), fmt="jsonl")
+        cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'labeling_prompt'")
+        assert cursor.fetchone()[0] >= 500

@@ -124,3 +124,17 @@ def test_guidelines_and_login_required(client, project, annotator):
     client.force_login(annotator)
     page = client.get(reverse("labeling:guidelines", args=[project.pk])).content.decode()
     assert "<strong>careful</strong>" in page
+
+
+def test_an_unknown_address_gets_the_apps_404_page_even_with_debug_on(client, settings, admin_user):
+    """#20: `make run` (DEBUG=1) showed Django's technical 404, which lists every URL pattern."""
+    settings.DEBUG = True
+    client.force_login(admin_user)
+    page = client.get("/no/such/page/")
+    html = page.content.decode()
+    assert page.status_code == 404 and "Page not found" in html and 'href="/manage/' in html
+    assert "URLconf" not in html and "DEBUG = True" not in html and "Content-Security-Policy" in page.headers
+    api = client.get("/api/v1/no-such-thing/")
+    assert api.status_code == 404 and api.json() == {"detail": "Not found."}
+    settings.DEBUG = False
+    assert "Page not found" in client.get("/no/such/page/").content.decode()  # the same page as in production

@@ -115,6 +115,48 @@ def test_a_cycle_row_carries_the_key_metrics_of_its_stages(admin_user):
     assert all(rows[s["id"]]["parent"] == cycle.pk and rows[s["id"]]["stages"] == [] for s in stages)
 
 
+def test_a_run_row_says_what_the_run_achieved_in_words(admin_user):
+    project = Project.objects.create(name="outcomes")
+
+    def outcome(kind, metrics, status=RunStatus.SUCCEEDED):
+        run = TrainingRun.objects.create(project=project, kind=kind, status=status, metrics=metrics)
+        return api(admin_user).get(f"/api/v1/training-runs/{run.pk}/").json()["outcome"]
+
+    reward_refused = {"val_accuracy": 0.52, "version": 4, "promoted": False, "promotion_note": "p = 0.985: no better than chance"}
+    assert outcome("cycle", {"reward": reward_refused}) == (
+        "stopped after the reward model: reward model v4 not promoted, because p = 0.985: no better than chance; the policy was not trained")
+    ppo_refused = {"reward_gain": 0.01, "version": 2, "promoted": False, "promotion_note": "14 wins of 32 (p = 0.81)"}
+    assert outcome("cycle", {"ppo": ppo_refused, "reward": {**reward_refused, "promoted": True}}) == (
+        "reward model v4 promoted; stopped after PPO: PPO policy v2 not promoted, because 14 wins of 32 (p = 0.81); "
+        "no new replies were generated")
+    assert outcome("cycle", {"generate": {"tasks_created": 32}, "ppo": {**ppo_refused, "promoted": True},
+                             "reward": {"skipped": "no new human judgements since the active reward model"}}) == (
+        "the reward model skipped (no new human judgements since the active reward model); PPO policy v2 promoted; 32 new comparison tasks")
+    assert outcome("reward", reward_refused) == "reward model v4 not promoted, because p = 0.985: no better than chance"
+    assert outcome("cycle", {"reward": reward_refused}, status=RunStatus.FAILED) == ""  # the status and error say it
+
+
+def test_a_version_the_gate_refused_is_promoted_only_with_a_recorded_override(admin_user):
+    project = Project.objects.create(name="override")
+    refused = version(project, "reward", 1, status="candidate", promoted=False, gate_refused=True,
+                      promotion_note="it ranked 20 of 40 held-out pairs correctly (50.0%): no better than a coin")
+    by_hand = version(project, "reward", 2, status="candidate", promoted=False, promotion_note="registered as a candidate; promote it by hand")
+    client = api(admin_user)
+    listed = {v["id"]: v for v in client.get("/api/v1/model-versions/", {"project": project.pk}).json()["results"]}
+    assert listed[refused.pk]["gate_refused"] and not listed[by_hand.pk]["gate_refused"]
+    blocked = client.post(f"/api/v1/model-versions/{refused.pk}/promote/", {}, format="json")
+    assert blocked.status_code == 409 and "no better than a coin" in blocked.json()["detail"] and "override=true" in blocked.json()["detail"]
+    refused.refresh_from_db()
+    assert refused.status == "candidate"
+    assert client.post(f"/api/v1/model-versions/{refused.pk}/promote/", {"override": "yes please"}, format="json").status_code == 400
+    done = client.post(f"/api/v1/model-versions/{refused.pk}/promote/", {"override": True}, format="json").json()
+    assert done["status"] == "active"
+    assert done["promotion_note"] == ("promoted by admin, overriding the gate, which said: "
+                                      "it ranked 20 of 40 held-out pairs correctly (50.0%): no better than a coin")
+    # a version the gate never judged (promote by hand) needs no override
+    assert client.post(f"/api/v1/model-versions/{by_hand.pk}/promote/").json()["promotion_note"] == "promoted by admin"
+
+
 def test_listing_cycles_costs_the_same_queries_for_one_or_many(admin_user):
     """The stages are prefetched: a page of cycles is not one query per cycle."""
     project = Project.objects.create(name="queries")

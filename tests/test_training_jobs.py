@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from django.core.management import call_command
+from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -229,6 +230,7 @@ def test_periodic_retraining_threshold_and_no_second_cycle(db, models_on_disk, a
     import_items(project, [{"prompt": f"q{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(6)])
     rules = services.training_settings_for(project)
     rules.retrain_min_new_judgements = 5
+    rules.reward_min_judgements = 1  # (the gate on too few judgements has its own test)
     rules.save()
     for _ in range(4):
         assignment = assign_next_task(project=project, annotator=annotator)
@@ -265,7 +267,7 @@ def test_promote_and_roll_back(db, models_on_disk, admin_user):
     "method, url, body",
     [
         ("get", "/api/v1/training-runs/", None),
-        ("post", "/api/v1/training-runs/", {"project": "{project}", "kind": "reward"}),
+        ("post", "/api/v1/training-runs/", {"project": "{project}", "kind": "generate"}),
         ("get", "/api/v1/training-runs/{run}/", None),
         ("post", "/api/v1/training-runs/{run}/cancel/", None),
         ("get", "/api/v1/model-versions/", None),
@@ -329,7 +331,7 @@ def test_judgements_are_stored_while_the_broker_is_down(db, models_on_disk, anno
         admin = APIClient()
         admin.force_authenticate(admin_user)
         with django_capture_on_commit_callbacks(execute=True):
-            started = admin.post("/api/v1/training-runs/", {"project": project.pk, "kind": "reward"}, format="json")
+            started = admin.post("/api/v1/training-runs/", {"project": project.pk, "kind": "generate"}, format="json")
         assert started.status_code == 202
     finally:
         use_broker(app, previous)
@@ -389,6 +391,7 @@ def test_new_judgements_are_counted_from_what_the_active_reward_model_trained_on
     import_items(project, [{"prompt": f"q{i}", "responses": [f"a{i}", f"b{i}"]} for i in range(10)])
     rules = services.training_settings_for(project)
     rules.retrain_min_new_judgements, rules.reward_config = 3, TINY_REWARD
+    rules.reward_min_judgements = 1  # (the gate on too few judgements has its own test)
     rules.save()
 
     def judge(n):
@@ -429,17 +432,32 @@ def test_a_reward_model_no_better_than_chance_is_never_promoted(db, models_on_di
     assert not ok and "floor" in note
 
 
-def test_a_reward_model_trained_on_too_few_judgements_is_not_promoted(db, models_on_disk):
+def test_a_reward_model_on_too_few_judgements_is_refused_before_it_runs(db, models_on_disk, admin_user):
     project = labelled_project(n=40)  # 32 training judgements, below the default 50
-    run = run_now(project, "reward")
-    assert run.status == RunStatus.SUCCEEDED, run.error
-    version = ModelVersion.objects.get(produced_by=run)
-    assert version.status == "candidate"
-    assert version.promotion_note == "trained on only 32 judgements; at least 50 are needed before a reward model can be trusted"
+    for kind in ("reward", "cycle"):
+        with pytest.raises(InvalidTrainingRequest, match="at least 50 judgements.*32 are there now.*18 more needed"):
+            services.start_run(project=project, kind=kind, enqueue=False)
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    refused = api.post("/api/v1/training-runs/", {"project": project.pk, "kind": "reward"}, format="json")
+    assert refused.status_code == 400 and refused.json()["field"] == "kind" and "18 more needed" in refused.json()["detail"]
+    assert not TrainingRun.objects.exists()
+    # the gate still refuses a model trained on too few (e.g. after a quality filter left fewer)
+    ok, note = services.promotion_decision(kind="reward", metrics={"train_judgements": 32, "val_pairs": 8, "val_accuracy": 1.0}, project=project)
+    assert not ok and note == "trained on only 32 judgements; at least 50 are needed before a reward model can be trusted"
+    # the dashboard says how many are missing, and each Start button what it will run
+    client = Client()
+    client.force_login(admin_user)
+    page = client.get(f"/training/?project={project.pk}").content.decode()
+    assert "<strong>18 more needed</strong>" in page
+    assert 'data-confirm="A full cycle: the reward model (retrained), then PPO against it, then new replies for 5 prompts.' in page
 
 
 def test_a_cycle_stops_after_a_reward_model_that_was_not_promoted(db, models_on_disk):
-    project = labelled_project(n=40)
+    project = labelled_project()
+    rules = services.training_settings_for(project)
+    rules.reward_min_accuracy = 0.999  # the floor refuses it
+    rules.save()
     cycle = run_now(project, "cycle")
     assert cycle.status == RunStatus.SUCCEEDED, cycle.error
     assert [s.kind for s in TrainingRun.objects.filter(parent=cycle)] == ["reward"]

@@ -277,8 +277,11 @@ def test_dashboard_starts_a_reward_run_and_shows_progress_version_and_chart(loop
         page.fill("#id_password", "corner-office-secret")
         page.keyboard.press("Enter")
         page.wait_for_selector("#dashboard")
+        confirmations = []
+        page.once("dialog", lambda dialog: (confirmations.append(dialog.message), dialog.accept()))
         page.click("#start-reward")
         page.wait_for_selector("#runs tr.run td >> text=reward")
+        assert "Train a reward model" in confirmations[0] and "minutes" in confirmations[0]  # it says what will run
         seen_progress, seen_eta = set(), []
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -290,7 +293,8 @@ def test_dashboard_starts_a_reward_run_and_shows_progress_version_and_chart(loop
                 seen_eta.append(eta.text_content())
                 if os.environ.get("SCREENSHOT_DIR"):
                     page.screenshot(path=os.path.join(os.environ["SCREENSHOT_DIR"], "dashboard-running.png"), full_page=True)
-            if page.locator("#runs tr.run-succeeded").count():
+            if page.locator("#runs tr.run-succeeded").count():  # (the poll may have redrawn the row since the sample above)
+                seen_progress.add(int(page.locator("#runs tr.run-succeeded progress.run-progress").first.get_attribute("value") or 0))
                 break
             if page.locator("#runs tr.run-failed").count():
                 raise AssertionError(TrainingRun.objects.first().error + worker.log())

@@ -42,14 +42,18 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_display = ["__str__", "project", "status", "parent", "produced_by", "created_at", "promoted_at", "promotion_note"]
     list_filter = ["project", "kind", "status"]
     readonly_fields = [f.name for f in ModelVersion._meta.fields]
-    actions = ["promote", "roll_back"]
+    actions = ["promote", "promote_overriding_the_gate", "roll_back"]
 
     def has_add_permission(self, request):
         return False
 
-    @admin.action(description="Promote selected versions")
+    @admin.action(description="Promote selected versions (not one the promotion gate refused)")
     def promote(self, request, queryset):
-        _report(self, request, lambda v: services.promote_version(version=v, note=f"promoted by {request.user.username}"), queryset)
+        _report(self, request, lambda v: services.promote_version(version=v, by=request.user), queryset)
+
+    @admin.action(description="Promote selected versions, overriding the promotion gate (recorded with your name)")
+    def promote_overriding_the_gate(self, request, queryset):
+        _report(self, request, lambda v: services.promote_version(version=v, by=request.user, override=True), queryset)
 
     @admin.action(description="Roll back to the version active before (per project and kind)")
     def roll_back(self, request, queryset):

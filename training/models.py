@@ -35,6 +35,9 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=10, choices=VersionStatus.choices, default=VersionStatus.CANDIDATE)
     promotion_note = models.CharField(max_length=500, blank=True, help_text="why it was or was not promoted")
+    gate_refused = models.BooleanField(
+        default=False, help_text="the promotion gate refused it (its note says why): promoting it by hand needs an explicit override"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     promoted_at = models.DateTimeField(null=True, blank=True)
 
@@ -159,6 +162,9 @@ class ProjectTrainingSettings(models.Model):
 
     # the trainer overrides, each checked as a run's config is (training/run_config.py)
     STAGE_CONFIGS = {"reward_config": "reward", "ppo_config": "ppo", "dpo_config": "dpo", "online_rl_config": "rloo", "sampling_config": "sampling"}
+
+    class Meta:
+        verbose_name_plural = "project training settings"
 
     def __str__(self) -> str:
         return f"training settings of {self.project}"

@@ -195,7 +195,7 @@ def _register(run: TrainingRun, kind: str, path: Path, metrics: dict, parent: Mo
         services.promote_version(version=version, note=note)
         reporter.log(f"{kind} v{version.number} promoted: {note}")
     else:
-        ModelVersion.objects.filter(pk=version.pk).update(promotion_note=note)
+        ModelVersion.objects.filter(pk=version.pk).update(promotion_note=note, gate_refused=auto_promote)
         reporter.log(f"{kind} v{version.number} kept as candidate: {note}")
     version.refresh_from_db()
     return version

@@ -104,6 +104,51 @@ def duration_seconds(run: TrainingRun, now=None) -> float | None:
     return None if end is None else max(0.0, (end - run.started_at).total_seconds())
 
 
+STAGE_WORDS = {RunKind.REWARD: "the reward model", RunKind.PPO: "PPO", RunKind.RLOO: "RLOO", RunKind.GRPO: "GRPO",
+               RunKind.DPO: "DPO", RunKind.SFT: "SFT", RunKind.GENERATE: "generation"}
+
+
+def _stage_outcome(kind: str, metrics: dict) -> tuple[str, bool]:
+    """(what a stage did, in words; whether the cycle went on after it)."""
+    what = STAGE_WORDS.get(kind, kind)
+    if "skipped" in metrics:
+        return f"{what} skipped ({metrics['skipped']})", True
+    if kind == RunKind.GENERATE:
+        return f"{metrics.get('tasks_created', 0)} new comparison tasks", True
+    if "promoted" not in metrics:
+        return "", True
+    version = f" v{metrics['version']}" if metrics.get("version") is not None else ""
+    noun = "reward model" if kind == RunKind.REWARD else f"{what} policy"
+    if metrics["promoted"]:
+        return f"{noun}{version} promoted", True
+    because = f", because {metrics['promotion_note']}" if metrics.get("promotion_note") else ""
+    return f"{noun}{version} not promoted{because}", False
+
+
+def run_outcome(run: TrainingRun) -> str:
+    """What a finished run achieved, in words, for its row: a cycle that stopped early says
+    after which stage and why (#20: "succeeded" alone hid that nothing was promoted)."""
+    if run.status != RunStatus.SUCCEEDED or not isinstance(run.metrics, dict):
+        return ""
+    if run.kind == RunKind.ENDPOINTS:
+        failed = run.metrics.get("prompts_failed") or 0
+        return f"{run.metrics.get('tasks_created', 0)} new comparison tasks" + (f"; {failed} prompts failed" if failed else "")
+    if run.kind != RunKind.CYCLE:
+        return _stage_outcome(run.kind, run.metrics)[0]
+    parts = []
+    order = [RunKind.REWARD, RunKind.SFT, RunKind.DPO, RunKind.PPO, RunKind.RLOO, RunKind.GRPO, RunKind.GENERATE]  # as a cycle runs them
+    stages = sorted(((kind, result) for kind, result in run.metrics.items() if isinstance(result, dict) and kind in order),
+                    key=lambda item: order.index(item[0]))  # (jsonb keeps no key order)
+    for kind, result in stages:
+        text, went_on = _stage_outcome(kind, result)
+        if not went_on:
+            after = "the policy was not trained" if kind == RunKind.REWARD else "no new replies were generated"
+            return "; ".join(parts + [f"stopped after {STAGE_WORDS.get(kind, kind)}: {text}; {after}"])
+        if text:
+            parts.append(text)
+    return "; ".join(parts)
+
+
 # What a cycle's row shows of each stage (the dashboard labels them).
 STAGE_KEY_METRICS = {
     RunKind.REWARD: ("val_accuracy", "val_pairs", "version", "promoted"),

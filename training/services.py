@@ -62,6 +62,70 @@ def validate_run_config(config) -> dict:
     return config
 
 
+def reward_training_shortfall(project: Project, config: dict | None = None) -> tuple[int, int] | None:
+    """(judgements a reward model would train on now, the minimum) when they are fewer than
+    the minimum below which it is never promoted (reward_min_judgements), else None. Counted
+    as the run counts them: the quality filter of `config`, judgements with a winner, less
+    the held-out validation share. Exact only when it can matter (few judgements)."""
+    from .ml.data import build_examples, split_by_prompt
+    from .ml.reward import RewardTrainingConfig
+
+    config = config or {}
+    rules = training_settings_for(project)
+    needed = rules.reward_min_judgements
+    if Judgement.objects.filter(task__project=project).count() >= 3 * needed:
+        return None  # surely enough: no need to read them
+    from labeling.quality_filter import JudgementFilter
+
+    from .selectors import training_judgements
+
+    overrides = {**(rules.reward_config or {}), **(config.get("reward") or {})}
+    defaults = RewardTrainingConfig()
+    tie_weight, seed = overrides.get("tie_weight", defaults.tie_weight), overrides.get("seed", defaults.seed)
+    examples = build_examples(training_judgements(project, quality=JudgementFilter.from_options(config.get("filter"))),
+                              use_margin=bool(config.get("use_margin")), include_ties=tie_weight > 0)
+    train, _ = split_by_prompt(examples, float(config.get("val_fraction", 0.2)), seed=seed)
+    return (len(train), needed) if len(train) < needed else None
+
+
+POLICY_KINDS = (RunKind.PPO, RunKind.RLOO, RunKind.GRPO, RunKind.DPO, RunKind.SFT, RunKind.GENERATE, RunKind.CYCLE)
+
+
+def check_models_ready(project: Project, kind: str) -> None:
+    """Refuse a run that needs the built-in default policy while it is still being built (or
+    missing), saying how far the build is (#20: `make run` serves pages at once and builds it
+    in the background)."""
+    from .defaults import default_policy_state
+
+    needs_default = (kind in POLICY_KINDS and active_version(project, VersionKind.POLICY) is None) or (
+        kind in (RunKind.REWARD, RunKind.CYCLE) and settings.REWARD_BACKBONE == "policy"
+    )
+    if not needs_default:
+        return
+    state = default_policy_state()
+    if state["state"] != "ready":
+        raise InvalidTrainingRequest(f"{state['message']}; training and generation start from it, so this run waits for it", field="kind")
+
+
+def check_enough_judgements(project: Project, kind: str, config: dict | None = None) -> None:
+    """Refuse, before any work, a run whose reward model could not be promoted for want of
+    judgements (#20: a reward stage trained for 77 s on 12 judgements, below the known 50)."""
+    trains_reward = kind == RunKind.REWARD or (
+        kind == RunKind.CYCLE and training_settings_for(project).policy_algorithm != "dpo"
+        and new_judgements_since_trained(project) != 0  # a cycle keeps the active reward model when nothing is new
+    )
+    if not trains_reward:
+        return
+    shortfall = reward_training_shortfall(project, config)
+    if shortfall is not None:
+        have, needed = shortfall
+        raise InvalidTrainingRequest(
+            f"a reward model needs at least {needed} judgements with a winner to train on (the project's reward_min_judgements), "
+            f"and {have} are there now (after the held-out share that validates it): {needed - have} more needed",
+            field="kind",
+        )
+
+
 def start_run(*, project: Project, kind: str, config: dict | None = None, requested_by=None, enqueue: bool = True) -> TrainingRun:
     """Create a queued run and hand it to a worker on the `training` queue.
 
@@ -71,6 +135,9 @@ def start_run(*, project: Project, kind: str, config: dict | None = None, reques
     if kind not in RunKind.values:
         raise InvalidTrainingRequest(f"must be one of {', '.join(RunKind.values)}", field="kind")
     config = validate_run_config(config)
+    if kind != RunKind.ENDPOINTS:
+        check_models_ready(project, kind)
+    check_enough_judgements(project, kind, config)
     if kind == RunKind.ENDPOINTS:
         from .endpoint_runs import check_request
 
@@ -192,12 +259,26 @@ def active_version(project: Project, kind: str) -> ModelVersion | None:
     return ModelVersion.objects.filter(project=project, kind=kind, status=VersionStatus.ACTIVE).first()
 
 
-def promote_version(*, version: ModelVersion, note: str = "") -> ModelVersion:
-    """Make `version` the active one of its kind; the previous active one is retired."""
+def promote_version(*, version: ModelVersion, note: str = "", by=None, override: bool = False) -> ModelVersion:
+    """Make `version` the active one of its kind; the previous active one is retired.
+
+    A version the promotion gate refused is promoted by hand (`by`) only with `override`,
+    and its note then records who overrode the gate and what the gate had said (#20)."""
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update().get(pk=version.pk)
         if version.status == VersionStatus.ACTIVE:
             return version
+        if by is not None:
+            name = getattr(by, "username", str(by))
+            if version.gate_refused and version.promoted_at is None:
+                if not override:
+                    raise VersionNotPromotable(
+                        f"the promotion gate refused {version.kind} v{version.number}: {version.promotion_note}. "
+                        "Promote it anyway only with override=true; the override is recorded with your name"
+                    )
+                note = f"promoted by {name}, overriding the gate, which said: {version.promotion_note}"[:500]
+            else:
+                note = note or f"promoted by {name}"
         ModelVersion.objects.filter(project=version.project, kind=version.kind, status=VersionStatus.ACTIVE).update(
             status=VersionStatus.RETIRED
         )
@@ -385,6 +466,7 @@ def start_due_cycles() -> list[TrainingRun]:
             continue
         try:
             started.append(start_run(project=project, kind=RunKind.CYCLE, config={"trigger": "schedule", "new_judgements": new}))
-        except RunAlreadyActive:
+        except (RunAlreadyActive, InvalidTrainingRequest) as refused:  # e.g. still too few judgements for a reward model
+            log.info("no scheduled cycle for project %s: %s", project.pk, refused)
             continue
     return started

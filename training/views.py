@@ -12,6 +12,7 @@ from labeling.models import Project
 
 from . import services
 from .models import RunKind, VersionKind
+from .defaults import default_policy_state
 
 
 @staff_member_required
@@ -34,4 +35,34 @@ def dashboard(request):
         # rendered once here so the page says it before the first poll; dashboard.js keeps it current
         context["active_policy"] = services.active_version(selected, VersionKind.POLICY)
         context["active_reward"] = services.active_version(selected, VersionKind.REWARD)
+        context["kinds"] = [(value, label, run_plan(selected, value, context["active_policy"], context["active_reward"])) for value, label in kinds]
+        context["default_policy"] = default_policy_state()
+        shortfall = services.reward_training_shortfall(selected)
+        if shortfall:
+            context["reward_shortfall"] = {"have": shortfall[0], "needed": shortfall[1], "missing": shortfall[1] - shortfall[0]}
     return render(request, "training/dashboard.html", context)
+
+
+def run_plan(project, kind: str, policy, reward) -> str:
+    """What a "Start" button will run, in words, for its confirmation (#20: one click started
+    minutes of work without saying so)."""
+    rules = services.training_settings_for(project)
+    policy_name = f"policy v{policy.number}" if policy else "the built-in default policy"
+    reward_name = f"reward v{reward.number}" if reward else "no reward model yet"
+    gate = "It is promoted only if it measurably learned (the gate's reason is shown either way)."
+    algorithm = rules.policy_algorithm.upper()
+    plans = {
+        RunKind.REWARD: f"Train a reward model on the project's judgements (a held-out share validates it). {gate}",
+        RunKind.SFT: f"Fine-tune {policy_name} on the replies people preferred. {gate}",
+        RunKind.GENERATE: f"Generate replies of {policy_name} for {rules.generate_prompts} prompts and make comparison tasks of them.",
+        RunKind.DPO: f"Train {policy_name} with DPO on the judgements directly. {gate}",
+    }
+    for online in (RunKind.PPO, RunKind.RLOO, RunKind.GRPO):
+        plans[online] = f"Train {policy_name} with {online.label} against {reward_name}, then compare it with its start on held-out prompts. {gate}"
+    if rules.policy_algorithm == "dpo":
+        stages = "DPO on the judgements, then new replies"
+    else:
+        retrain = "retrained" if services.new_judgements_since_trained(project) != 0 else "kept (no new judgements)"
+        stages = f"the reward model ({retrain}), then {algorithm} against it, then new replies for {rules.generate_prompts} prompts"
+    plans[RunKind.CYCLE] = f"A full cycle: {stages}. Each stage runs only if the one before it was promoted."
+    return f"{plans.get(kind, kind)} This takes minutes of the worker's time. Start it?"

@@ -55,6 +55,7 @@ class EndpointInput(serializers.Serializer):
 
 class EndpointOutput(serializers.ModelSerializer):
     has_api_key = serializers.BooleanField(read_only=True)
+    stop = serializers.ListField(child=serializers.CharField(), help_text="up to 4 stop sequences")
     base_url = serializers.SerializerMethodField()
 
     class Meta:

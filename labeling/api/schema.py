@@ -14,10 +14,20 @@ from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 
 
+class LineErrorOutput(serializers.Serializer):
+    line = serializers.IntegerField(help_text="the line number in the file (0: the file as a whole)")
+    reason = serializers.CharField()
+
+    class Meta:
+        ref_name = "LineError"
+
+
 class ErrorOutput(serializers.Serializer):
     code = serializers.CharField(required=False, help_text="machine-readable reason (domain errors)")
     detail = serializers.CharField(required=False, help_text="what went wrong, in words")
     field = serializers.CharField(required=False, help_text="the input field at fault (domain errors)")
+    errors = LineErrorOutput(many=True, required=False, help_text="a rejected file: the first 100 bad lines")
+    error_count = serializers.IntegerField(required=False, help_text="a rejected file: how many lines were bad")
 
     class Meta:
         ref_name = "Error"
@@ -50,6 +60,10 @@ class ErrorDocumentingAutoSchema(AutoSchema):
 
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
+        for code, response in list(responses.items()):  # an error documented in words only: give it the error body
+            if str(code)[0] in "45" and "content" not in response:
+                responses[code] = self._get_response_for_code(
+                    OpenApiResponse(response=ErrorOutput, description=response.get("description", "")), code, direction=direction)
         for code in self.error_codes():
             if code not in responses:
                 response = self._get_response_for_code(OpenApiResponse(response=ErrorOutput, description=ERROR_DESCRIPTIONS[code]), code, direction=direction)

@@ -8,8 +8,9 @@ from rest_framework import serializers
 from ..exporting import AGGREGATES
 from ..exporting import FORMATS as EXPORT_FORMATS
 from ..importing.formats import FORMATS as IMPORT_FORMATS
-from ..models import FLAG_CHOICES, Choice, ComparisonTask, Judgement, Project, TaskStatus, overlap_problems
+from ..models import FLAG_CHOICES, Choice, ComparisonTask, ImportStatus, Judgement, Project, TaskStatus, overlap_problems
 from ..services import is_labeling_admin
+from .schema import LineErrorOutput
 
 
 class StrictIdField(serializers.PrimaryKeyRelatedField):
@@ -109,6 +110,8 @@ class JudgementInput(serializers.Serializer):
 
 
 LABELLED_FLAGS = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+LABELLED_FLAGS_BY_ID = serializers.DictField(child=serializers.ListField(child=serializers.CharField()),
+                                             help_text='flags per reply: {"<reply id>": ["unsafe", ...]}; replies without flags left out')
 
 
 class JudgementOutput(serializers.ModelSerializer):
@@ -116,6 +119,7 @@ class JudgementOutput(serializers.ModelSerializer):
 
     task_id = serializers.IntegerField()
     assignment_id = serializers.IntegerField()
+    flags = serializers.ListField(child=serializers.CharField(), help_text="every flag on the judgement, its replies' included")
     reply_flags = serializers.SerializerMethodField(help_text='flags on single replies, by reply label: {"B": ["unsafe"]}')
 
     class Meta:
@@ -134,6 +138,11 @@ class JudgementOutput(serializers.ModelSerializer):
 class JudgementAdminOutput(serializers.ModelSerializer):
     annotator = serializers.CharField(source="annotator.username")
     project_id = serializers.IntegerField(source="task.project_id")
+    ranking = serializers.ListField(child=serializers.ListField(child=serializers.IntegerField()),
+                                    help_text="reply ids, best group first; replies in one group are tied")
+    flags = serializers.ListField(child=serializers.CharField(), help_text="every flag on the judgement, its replies' included")
+    display_order = serializers.ListField(child=serializers.IntegerField(), help_text="reply ids in the order the annotator saw them")
+    reply_flags = LABELLED_FLAGS_BY_ID
 
     class Meta:
         model = Judgement
@@ -148,6 +157,11 @@ class SkipInput(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=500)
 
 
+class SkipOutput(serializers.Serializer):
+    assignment_id = serializers.IntegerField()
+    state = serializers.CharField(help_text="the lease's state now: skipped")
+
+
 class TaskResponseOutput(serializers.Serializer):
     id = serializers.IntegerField(source="response.id")
     position = serializers.IntegerField()
@@ -157,7 +171,7 @@ class TaskResponseOutput(serializers.Serializer):
 
 class TaskAdminOutput(serializers.ModelSerializer):
     responses = TaskResponseOutput(source="task_responses", many=True)
-    conversation = serializers.JSONField(source="prompt.messages")
+    conversation = MessageOutput(source="prompt.messages", many=True)
 
     class Meta:
         model = ComparisonTask
@@ -195,11 +209,6 @@ class ImportInput(serializers.Serializer):
     )
 
 
-class ImportLineError(serializers.Serializer):
-    line = serializers.IntegerField(help_text="the line number in the file (0: the file as a whole)")
-    reason = serializers.CharField()
-
-
 class ImportReportOutput(serializers.Serializer):
     """What an import wrote; `skipped` lists the first 100 bad lines (skip_invalid)."""
 
@@ -211,7 +220,7 @@ class ImportReportOutput(serializers.Serializer):
     labels_created = serializers.IntegerField()
     gold_tasks_created = serializers.IntegerField()
     skipped_count = serializers.IntegerField()
-    skipped = ImportLineError(many=True)
+    skipped = LineErrorOutput(many=True)
 
 
 class ImportCountsOutput(serializers.Serializer):
@@ -228,7 +237,7 @@ class ImportCountsOutput(serializers.Serializer):
 class ImportJobReportOutput(serializers.Serializer):
     ok = serializers.BooleanField(help_text="false: the file was rejected and nothing was imported")
     counts = ImportCountsOutput(required=False, help_text="what was written (when ok)")
-    errors = ImportLineError(many=True, help_text="the first 100 bad lines")
+    errors = LineErrorOutput(many=True, help_text="the first 100 bad lines")
     total_errors = serializers.IntegerField()
 
 
@@ -252,7 +261,7 @@ class ImportJobOutput(serializers.Serializer):
     with_labels = serializers.BooleanField()
     skip_invalid = serializers.BooleanField()
     pairs_per_prompt = serializers.IntegerField(allow_null=True)
-    status = serializers.ChoiceField(choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    status = serializers.ChoiceField(choices=ImportStatus.choices)
     requested_by = serializers.CharField(source="requested_by.username", allow_null=True, default=None)
     attempts = serializers.IntegerField()
     error = serializers.CharField(help_text="why it failed or was cancelled; empty otherwise")
@@ -275,7 +284,7 @@ class ImportJobOutput(serializers.Serializer):
 
 class ImportJobQuery(serializers.Serializer):
     project = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1, help_text="only this project's imports (its id)")
-    status = serializers.ChoiceField(choices=["queued", "running", "succeeded", "failed", "cancelled"], required=False)
+    status = serializers.ChoiceField(choices=ImportStatus.choices, required=False)
 
 
 class ExportQuery(serializers.Serializer):

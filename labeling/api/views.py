@@ -25,6 +25,7 @@ from ..models import Assignment, ComparisonTask, ImportJob, Judgement, Project
 from ..quality_filter import JudgementFilter
 from ..models import Response as Reply
 from .permissions import IsLabelingAdmin, ReadAnyWriteAdmin
+from .quality_schema import QualityOutput
 from .serializers import (
     AnnotatorStatsOutput,
     AssignmentOutput,
@@ -42,6 +43,7 @@ from .serializers import (
     ProjectQuery,
     ProjectSerializer,
     SkipInput,
+    SkipOutput,
     TaskAdminOutput,
     TaskQuery,
 )
@@ -49,8 +51,10 @@ from .serializers import (
 
 def export_disposition(project_name: str, fmt: str) -> str:
     """Content-Disposition for an export: an ASCII-safe file name, and the exact one (RFC 5987) for clients that read it."""
-    name = f"{project_name}-{fmt}.jsonl"
-    ascii_name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "export.jsonl"
+    # no spaces or characters file systems refuse: "Demo: assistant replies" -> "Demo-assistant-replies-trl.jsonl" (#20)
+    stem = re.sub(r'[\s\\/:*?"<>|\x00-\x1f\x7f]+', "-", project_name).strip("-._") or "export"
+    name = f"{stem}-{fmt}.jsonl"
+    ascii_name = re.sub(r"[^A-Za-z0-9._]*[^A-Za-z0-9._-][^A-Za-z0-9._]*|-{2,}", "-", name).strip("-._") or "export.jsonl"
     exact = quote(name.encode("utf-8", "replace"), safe="")
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{exact}"
 
@@ -135,7 +139,7 @@ class SubmitView(APIView):
 class SkipView(APIView):
     """Give a leased task back; you will not be served it again."""
 
-    @extend_schema(request=SkipInput, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(request=SkipInput, responses={200: SkipOutput})
     def post(self, request, assignment_id: int):
         payload = SkipInput(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -364,7 +368,7 @@ class QualityView(APIView):
 
     permission_classes = [IsLabelingAdmin]
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: QualityOutput})
     def get(self, request, project_id: int):
         from ..quality_data import quality_report
 

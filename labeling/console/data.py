@@ -82,6 +82,10 @@ class ImportForm(forms.Form):
         label="Import the file's preferences as judgements",
         help_text=f"Formats that carry a preference ({', '.join(LABELLED_FORMATS)}); stored as an imported pseudo-annotator, never counted toward overlap.",
     )
+    pairs_per_prompt = forms.IntegerField(
+        required=False, min_value=1, max_value=1000, label="Pairs per prompt (format replies)",
+        help_text="Make that many pairs of models per prompt, sampled; empty: every pair.",
+    )
     skip_invalid = forms.BooleanField(
         required=False,
         label="Skip invalid lines",
@@ -112,7 +116,7 @@ def import_page(request, project_id: int):
             try:
                 job = jobs.create_job(
                     project=project, upload=data["file"], fmt=data["format"], with_labels=data["with_labels"],
-                    skip_invalid=data["skip_invalid"], requested_by=request.user,
+                    skip_invalid=data["skip_invalid"], pairs_per_prompt=data.get("pairs_per_prompt"), requested_by=request.user,
                 )
             except InvalidInput as error:
                 form.add_error(error.field if error.field in form.fields else None, error.message)

@@ -271,6 +271,9 @@ class AnnotatorQuality:
     length: LengthBias
     straight: StraightLining
     flags: tuple[str, ...] = ()  # plain-text reasons; empty when not flagged
+    # below min_judgements: the statistical checks that already show evidence (never a flag,
+    # never an automatic pause; the page shows them as early warnings)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -541,9 +544,25 @@ def _p(p: float) -> str:
 
 def flag_reasons(row: AnnotatorQuality, thresholds: Thresholds) -> list[str]:
     """Plain-text reasons to look at this annotator's work; [] when none (or too few judgements)."""
-    t = thresholds
-    if row.judgements < t.min_judgements:
+    if row.judgements < thresholds.min_judgements:
         return []
+    return _evidence_reasons(row, thresholds) + _share_reasons(row, thresholds)
+
+
+def warning_reasons(row: AnnotatorQuality, thresholds: Thresholds) -> list[str]:
+    """Early warnings, before min_judgements: the checks that are statistical tests (gold's
+    Wilson interval, the position and length bias tests) and already pass their thresholds,
+    so a careless start is seen at once (#20: 12 of 12 first-shown replies in 1 s each, p <
+    0.001, went unflagged under the 30-judgement minimum). Shares (speed, straight-lining)
+    mean little on a few judgements and wait for the minimum."""
+    if row.judgements >= thresholds.min_judgements:
+        return []
+    return [f"early warning ({row.judgements} judgements; flags start at {thresholds.min_judgements}): {reason}"
+            for reason in _evidence_reasons(row, thresholds)]
+
+
+def _evidence_reasons(row: AnnotatorQuality, thresholds: Thresholds) -> list[str]:
+    t = thresholds
     reasons = []
     gold = row.gold
     if t.min_gold_accuracy is not None and gold.n >= max(t.min_gold, 1) and gold.high < t.min_gold_accuracy:
@@ -573,6 +592,12 @@ def flag_reasons(row: AnnotatorQuality, thresholds: Thresholds) -> list[str]:
             f"chose the longer reply in {_pct(length.rate)} of {length.n} judgements"
             f" (rest of project {_pct(length.others_rate)}, {_p(length.p_value)})"
         )
+    return reasons
+
+
+def _share_reasons(row: AnnotatorQuality, thresholds: Thresholds) -> list[str]:
+    t = thresholds
+    reasons = []
     sp = row.speed
     if t.max_fast_share is not None and sp.fast_share is not None and sp.fast_share > t.max_fast_share:
         reasons.append(
@@ -674,7 +699,7 @@ def annotator_report(
             length=length_rows[i],
             straight=StraightLining(int(st_n[i]), int(st_longest[i]), int(st_runs[i]), _opt(st_share[i]), min_run),
         )
-        rows.append(replace(row, flags=tuple(flag_reasons(row, thresholds))))
+        rows.append(replace(row, flags=tuple(flag_reasons(row, thresholds)), warnings=tuple(warning_reasons(row, thresholds))))
 
     # project: pooled figures
     gold_n, gold_k = int(np.sum(g_n)), int(np.sum(g_k))

@@ -302,7 +302,14 @@
     tr.dataset.run = run.id; tr.className = "run run-" + run.status + (isStage ? " stage" : "");
     tr.appendChild(cell((isStage ? "↳ " : "") + "#" + run.id, "run-id"));
     tr.appendChild(cell(run.kind, "run-kind"));
-    tr.appendChild(cell(run.status + (run.cancel_requested && run.status === "running" ? " (cancelling)" : ""), "run-status"));
+    const statusCell = cell(run.status + (run.cancel_requested && run.status === "running" ? " (cancelling)" : ""), "run-status");
+    if (run.outcome && !isStage) {  // what it achieved, in words: "stopped after the reward model: not promoted, because ..."
+      const outcome = document.createElement("div");
+      outcome.className = "run-outcome" + (/not promoted|stopped after/.test(run.outcome) ? " stopped" : "");
+      outcome.textContent = run.outcome;
+      statusCell.appendChild(outcome);
+    }
+    tr.appendChild(statusCell);
     const progress = document.createElement("td");
     const bar = document.createElement("progress");
     bar.max = 100; bar.value = Math.round(run.progress * 100); bar.className = "run-progress";
@@ -360,10 +367,12 @@
     drawChart(document.getElementById("chart-ppo"), document.getElementById("chart-ppo-empty"), {
       xTitle: "step",
       integerX: true,
-      axes: [{ title: "mean reward" }, { title: "KL to reference" }],
+      // KL as the k3 estimate (exp(d) - 1 - d per token, d = log p_ref - log p), never below 0; the k1
+      // estimate (log p - log p_ref) is unbiased but a batch of it can be negative (#20), so it is not charted
+      axes: [{ title: "mean reward" }, { title: "KL to reference (k3)" }],
       series: [
         { name: "mean reward", axis: 0, points: series.filter(function (p) { return typeof p.reward_mean === "number"; }).map(function (p) { return [p.step, p.reward_mean]; }) },
-        { name: "KL", axis: 1, points: series.filter(function (p) { return typeof p.kl === "number"; }).map(function (p) { return [p.step, p.kl]; }) },
+        { name: "KL (k3, ≥ 0)", axis: 1, points: series.filter(function (p) { return typeof p.kl_k3 === "number"; }).map(function (p) { return [p.step, p.kl_k3]; }) },
       ],
     });
   }
@@ -402,7 +411,13 @@
       tr.appendChild(cell(summary(v.metrics)));
       tr.appendChild(cell(v.promotion_note));
       const actions = document.createElement("td");
-      if (v.status !== "active") {
+      if (v.status !== "active" && v.gate_refused && !v.promoted_at) {  // the gate said no: an explicit, recorded override
+        actions.appendChild(button("Promote anyway…", function () {
+          const question = "The promotion gate refused " + v.kind + " v" + v.number + ": " + v.promotion_note +
+            "\n\nMake it the active " + v.kind + " anyway? This override is recorded with your name.";
+          if (window.confirm(question)) act(api("POST", "/api/v1/model-versions/" + v.id + "/promote/", { override: true }));
+        }, "override"));
+      } else if (v.status !== "active") {
         actions.appendChild(button("Promote", function () {
           if (window.confirm("Make " + v.kind + " v" + v.number + " the active " + v.kind + "?")) act(api("POST", "/api/v1/model-versions/" + v.id + "/promote/"));
         }));
@@ -454,8 +469,27 @@
     }
   }
 
+  // the built-in default policy while `make run` builds it: its progress, then the page again
+  const defaultPolicy = document.getElementById("default-policy");
+  if (defaultPolicy && defaultPolicy.dataset.state === "building") {
+    const pollDefault = function () {
+      api("GET", defaultPolicy.dataset.url).then(function (state) {
+        if (state.state !== "building") { window.location.reload(); return; }
+        const bar = document.getElementById("default-policy-progress");
+        if (bar) bar.value = state.fraction;
+        const text = state.message;
+        document.getElementById("default-policy-message").textContent = text.charAt(0).toUpperCase() + text.slice(1) + ".";
+        setTimeout(pollDefault, 2000);
+      }).catch(function () { setTimeout(pollDefault, 5000); });
+    };
+    setTimeout(pollDefault, 2000);
+  }
+
   document.querySelectorAll(".start-run").forEach(function (b) {
-    b.addEventListener("click", function () { act(api("POST", "/api/v1/training-runs/", { project: Number(project), kind: b.dataset.kind })); });
+    b.addEventListener("click", function () {
+      if (b.dataset.confirm && !window.confirm(b.dataset.confirm)) return;  // says what will run
+      act(api("POST", "/api/v1/training-runs/", { project: Number(project), kind: b.dataset.kind }));
+    });
   });
   const endpointForm = document.getElementById("endpoint-run-form");
   if (endpointForm) {

@@ -17,7 +17,6 @@ mechanics: the early-stopping examples come out of the training examples, the be
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,12 +27,14 @@ from training.ml.data import PreferenceExample
 from training.ml.reward import RewardTrainingConfig, train_reward_model
 from training.ml.reward_model import RewardModel
 
-HH_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-harmless-1000.jsonl"
+from ..conftest import SHARED_HH_FILE
+
+HH_FILE = SHARED_HH_FILE
 TRAIN_LINES = 600
 HELD_OUT = 400
 MODEL = DefaultModelConfig(vocab_size=2048, n_layer=2, n_embd=128, n_head=2, n_positions=512)
 
-pytestmark = pytest.mark.skipif(not HH_FILE.exists(), reason=f"the shared HH-RLHF sample is missing: {HH_FILE}")
+pytestmark = pytest.mark.shared_data  # skipped loudly (tests/conftest.py) when ../shared/data is missing
 
 
 def hh_examples(lines: list[str]) -> list[PreferenceExample]:

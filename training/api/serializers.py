@@ -4,7 +4,7 @@ from rest_framework import serializers
 from labeling.api.serializers import id_filter
 
 from ..models import ModelVersion, RunKind, RunStatus, TrainingRun, VersionKind, VersionStatus
-from ..selectors import duration_seconds, eta_seconds, stage_summaries
+from ..selectors import duration_seconds, eta_seconds, run_outcome, stage_summaries
 
 
 class RunQuery(serializers.Serializer):
@@ -62,13 +62,23 @@ class RunOutput(serializers.ModelSerializer):
     eta_seconds = serializers.SerializerMethodField(help_text="seconds left, extrapolated from progress (running runs only)")
     duration_seconds = serializers.SerializerMethodField(help_text="finished_at - started_at; for a running run, the time so far")
     stages = serializers.SerializerMethodField(help_text="a cycle's child runs with their key metrics, in the order they ran")
+    outcome = serializers.SerializerMethodField(
+        help_text="what a succeeded run achieved, in words (a cycle that promoted nothing says after which stage it stopped, and why); "
+        "empty otherwise"
+    )
+    config = serializers.DictField(help_text="the run's configuration as given (its keys depend on the kind)")
+    metrics = serializers.DictField(help_text="final metrics, by name (their names depend on the kind: accuracy, kl, ...)")
+    metric_series = serializers.ListField(
+        child=serializers.DictField(child=serializers.FloatField()),
+        help_text='one point per step: {"step": 3, "<metric>": value, ...}',
+    )
 
     class Meta:
         model = TrainingRun
         fields = [
             "id", "project", "kind", "status", "parent", "config", "progress", "eta_seconds", "metrics", "metric_series", "log_tail",
             "error", "cancel_requested", "celery_task_id", "heartbeat_at", "requested_by", "created_at", "started_at",
-            "finished_at", "duration_seconds", "versions", "stages",
+            "finished_at", "duration_seconds", "versions", "stages", "outcome",
         ]
 
     def get_eta_seconds(self, run) -> float | None:
@@ -81,14 +91,24 @@ class RunOutput(serializers.ModelSerializer):
     def get_stages(self, run) -> list[dict]:
         return stage_summaries(run)
 
+    def get_outcome(self, run) -> str:
+        return run_outcome(run)
+
     def get_versions(self, run) -> list[int]:
         return [v.pk for v in run.versions.all()]
 
 
 class VersionOutput(serializers.ModelSerializer):
+    metrics = serializers.DictField(help_text="what the version measured when it was made, by name (depends on the kind)")
+
     class Meta:
         model = ModelVersion
-        fields = ["id", "project", "kind", "number", "parent", "artifact_path", "produced_by", "metrics", "status", "promotion_note", "created_at", "promoted_at"]
+        fields = ["id", "project", "kind", "number", "parent", "artifact_path", "produced_by", "metrics", "status", "promotion_note",
+                  "gate_refused", "created_at", "promoted_at"]
+
+
+class PromoteInput(serializers.Serializer):
+    override = serializers.BooleanField(default=False, help_text="promote a version the promotion gate refused (recorded with your name)")
 
 
 class RollbackInput(serializers.Serializer):
@@ -111,3 +131,10 @@ class RollbackOutput(serializers.Serializer):
     builtin = serializers.BooleanField(help_text="true: no version of this kind is active; the built-in default policy is used")
     active = VersionOutput(allow_null=True, help_text="the version now active (null with builtin)")
     detail = serializers.CharField()
+
+
+class DefaultPolicyOutput(serializers.Serializer):
+    state = serializers.ChoiceField(choices=["ready", "building", "failed", "missing"])
+    fraction = serializers.FloatField(help_text="how far the build is, 0 to 1")
+    eta_seconds = serializers.IntegerField(allow_null=True, help_text="seconds left at the rate so far (building)")
+    message = serializers.CharField(help_text="the state in words, with what to do when it failed or is missing")

@@ -18,7 +18,9 @@ from ..endpoint_runs import start_endpoint_run
 from ..models import ModelVersion, TrainingRun
 from labeling.api.views import validated_query
 
-from .serializers import EndpointRunInput, RollbackInput, RollbackOutput, RunOutput, RunQuery, StartRunInput, VersionOutput, VersionQuery
+from .serializers import (
+    DefaultPolicyOutput, EndpointRunInput, PromoteInput, RollbackInput, RollbackOutput, RunOutput, RunQuery, StartRunInput, VersionOutput, VersionQuery,
+)
 
 
 def runs_for_output():
@@ -86,10 +88,29 @@ class ModelVersionListView(generics.ListAPIView):
 class PromoteVersionView(APIView):
     permission_classes = [IsLabelingAdmin]
 
-    @extend_schema(request=None, responses=VersionOutput)
+    """Make a version the active one. One the promotion gate refused (`gate_refused`) needs
+    {"override": true}; its note then records who overrode the gate."""
+
+    @extend_schema(request=PromoteInput, responses=VersionOutput)
     def post(self, request, pk: int):
-        version = services.promote_version(version=get_object_or_404(ModelVersion, pk=pk), note=f"promoted by {request.user.username}")
+        payload = PromoteInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        version = services.promote_version(version=get_object_or_404(ModelVersion, pk=pk), by=request.user,
+                                           override=payload.validated_data["override"])
         return Response(VersionOutput(version).data)
+
+
+class DefaultPolicyView(APIView):
+    """The built-in default policy: ready, being built (with progress and an ETA), failed or
+    missing. `make run` builds it in the background; runs that start from it wait for it."""
+
+    permission_classes = [IsLabelingAdmin]
+
+    @extend_schema(responses=DefaultPolicyOutput)
+    def get(self, request):
+        from ..defaults import default_policy_state
+
+        return Response(DefaultPolicyOutput(default_policy_state()).data)
 
 
 class RollbackView(APIView):

@@ -34,7 +34,9 @@ GUIDELINES = """\
 - Flag replies that are *unsafe* or *factually wrong*; add a short reason when it is not obvious.
 - Skip a task only if you cannot judge it (language, expertise).
 
-Keys: `A` `B` `T` `X` choose, `1`-`4` strength, `U` `W` `O` flags, `R` reason, `Enter` submit, `S` skip, `G` these guidelines.
+Keys with two replies: `A` `B` `T` `X` choose, `1`-`4` strength. With three or more: digits set each reply's rank in turn
+(`Shift+1`-`4` the optional strength). Always: `U` `W` `O` flags, `R` reason, `Enter` submit, `S` skip, `G` these guidelines;
+the legend under each task lists the keys of its kind.
 """
 GOLD_EVERY = 10  # every 10th two-reply demo task becomes a gold task
 
