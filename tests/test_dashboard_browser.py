@@ -202,9 +202,19 @@ def test_runs_show_times_and_eta_a_cycle_shows_its_stages_and_the_charts_are_lai
 
 def test_one_point_and_no_data(live_server, transactional_db, browser):  # noqa: F811
     project = Project.objects.create(name="one step")
-    TrainingRun.objects.create(project=project, kind="ppo", status=RunStatus.SUCCEEDED, progress=1.0, metric_series=[{"step": 1, "reward_mean": 0.3, "kl": 0.0, "kl_k3": 0.0}])
+    samples = [{"prompt": "How do I <b>boil</b> an egg?", "turns": 3, "reference": "<img src=x onerror=window.__xss=1>", "candidate": "Boil it for 8 minutes.",
+                "reward_reference": -0.4, "reward_candidate": 1.25}]
+    TrainingRun.objects.create(project=project, kind="ppo", status=RunStatus.SUCCEEDED, progress=1.0,
+                               metric_series=[{"step": 1, "reward_mean": 0.3, "kl": 0.0, "kl_k3": 0.0}],
+                               metrics={"eval_samples": samples, "eval_prompts": 32, "eval_wins": 20, "eval_losses": 9, "version": 2, "promoted": True})
     empty = Project.objects.create(name="nothing yet")
     page, errors = signed_in_dashboard(browser, live_server, project, width=900)
+    # the held-out prompts side by side: before and after, as text
+    page.wait_for_selector("#policy-samples:not([hidden]) tbody tr")
+    cells = page.eval_on_selector_all("#policy-samples tbody td", "cells => cells.map(c => c.innerText)")
+    assert cells[0] == "How do I <b>boil</b> an egg? (last of 3 turns)"
+    assert cells[1].splitlines() == ["<img src=x onerror=window.__xss=1>", "reward -0.40"] and cells[2].splitlines()[-1] == "reward 1.25"
+    assert "policy v2, promoted" in page.inner_text("#policy-samples-caption") and page.evaluate("window.__xss") is None
     page.wait_for_selector("#chart-ppo .series-line", state="attached")  # one point: a line of no size
     one = page.eval_on_selector("#chart-ppo", MEASURE)
     assert_clean_layout(one, two_axes=True)
@@ -214,6 +224,7 @@ def test_one_point_and_no_data(live_server, transactional_db, browser):  # noqa:
 
     page.goto(f"{live_server.url}/training/?project={empty.pk}")
     page.wait_for_selector("#chart-ppo-empty:visible")
+    assert page.locator("#policy-samples").is_hidden()
     assert page.locator("#chart-ppo-empty").inner_text() == "No PPO run with metrics yet."
     assert not page.locator("#chart-ppo").is_visible()
     assert page.locator("#runs td.empty").inner_text().startswith("No runs yet")

@@ -119,6 +119,11 @@ def test_ppo_needs_a_reward_model_and_then_registers_a_policy(db, models_on_disk
     # compared with its reference on 32 held-out prompts (a quarter of 160 at most, 32 by default)
     assert run.metrics["eval_prompts"] == 32
     assert run.metrics["eval_wins"] + run.metrics["eval_losses"] + run.metrics["eval_ties"] == 32
+    # the first held-out prompts with both policies' replies, for the dashboard's side by side
+    samples = run.metrics["eval_samples"]
+    assert len(samples) == 4 and all(set(row) == {"prompt", "turns", "reference", "candidate", "reward_reference", "reward_candidate"} for row in samples)
+    wins = sum(row["reward_candidate"] > row["reward_reference"] for row in samples)
+    assert all(row["prompt"] for row in samples) and wins <= run.metrics["eval_wins"]
     assert "held-out prompts" in policy.promotion_note
     load_policy(policy.artifact_path)
 

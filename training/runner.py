@@ -379,7 +379,7 @@ def _head_to_head(policy, tokenizer, reference_path: Path, reward_version: Model
         f"held-out: new policy preferred {result['wins']} times, reference {result['losses']} times "
         f"(mean reward {result['reward_candidate']:+.3f} vs {result['reward_reference']:+.3f}, sign test p = {result['p_value']:.3g})"
     )
-    return {f"eval_{k}" if k in ("wins", "losses", "ties", "p_value") else k: v for k, v in result.items()}
+    return {f"eval_{k}" if k in ("wins", "losses", "ties", "p_value", "samples") else k: v for k, v in result.items()}
 
 
 def _mean_of_last(history: list[dict], key: str, n: int = 3) -> float | None:

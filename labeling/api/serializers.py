@@ -209,20 +209,6 @@ class ImportInput(serializers.Serializer):
     )
 
 
-class ImportReportOutput(serializers.Serializer):
-    """What an import wrote; `skipped` lists the first 100 bad lines (skip_invalid)."""
-
-    lines_with_items = serializers.IntegerField()
-    prompts_created = serializers.IntegerField()
-    responses_created = serializers.IntegerField()
-    tasks_created = serializers.IntegerField()
-    tasks_already_present = serializers.IntegerField()
-    labels_created = serializers.IntegerField()
-    gold_tasks_created = serializers.IntegerField()
-    skipped_count = serializers.IntegerField()
-    skipped = LineErrorOutput(many=True)
-
-
 class ImportCountsOutput(serializers.Serializer):
     lines_with_items = serializers.IntegerField()
     prompts_created = serializers.IntegerField()
@@ -232,6 +218,12 @@ class ImportCountsOutput(serializers.Serializer):
     labels_created = serializers.IntegerField()
     gold_tasks_created = serializers.IntegerField()
     skipped_count = serializers.IntegerField()
+
+
+class ImportReportOutput(ImportCountsOutput):
+    """What an import wrote; `skipped` lists the first 100 bad lines (skip_invalid)."""
+
+    skipped = LineErrorOutput(many=True)
 
 
 class ImportJobReportOutput(serializers.Serializer):

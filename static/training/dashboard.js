@@ -360,6 +360,7 @@
       tr.appendChild(td);
       body.appendChild(tr);
     }
+    renderSamples(runs);
     const ppo = runs.find(function (r) { return r.kind === "ppo" && r.metric_series && r.metric_series.length; });
     const caption = document.getElementById("chart-ppo-caption");
     caption.textContent = ppo ? "Latest PPO run: #" + ppo.id + " (" + ppo.status + ")" : "";
@@ -374,6 +375,34 @@
         { name: "mean reward", axis: 0, points: series.filter(function (p) { return typeof p.reward_mean === "number"; }).map(function (p) { return [p.step, p.reward_mean]; }) },
         { name: "KL (k3, ≥ 0)", axis: 1, points: series.filter(function (p) { return typeof p.kl_k3 === "number"; }).map(function (p) { return [p.step, p.kl_k3]; }) },
       ],
+    });
+  }
+
+  // the latest policy run's held-out prompts, both policies' replies side by side (#20): what changed, in words
+  function renderSamples(runs) {
+    const card = document.getElementById("policy-samples");
+    const run = runs.find(function (r) { return r.metrics && Array.isArray(r.metrics.eval_samples) && r.metrics.eval_samples.length; });
+    card.hidden = !run;
+    if (!run) return;
+    const m = run.metrics;
+    document.getElementById("policy-samples-caption").textContent =
+      run.kind.toUpperCase() + " run #" + run.id + (m.version !== undefined ? " (policy v" + m.version + (m.promoted ? ", promoted" : ", not promoted") + ")" : "") +
+      ": the first " + m.eval_samples.length + " of " + m.eval_prompts + " held-out prompts, never trained on, sampled with the same seed. " +
+      "The reward model's score is under each reply; on all of them the new policy won " + m.eval_wins + " and lost " + m.eval_losses + ".";
+    const body = card.querySelector("tbody");
+    body.textContent = "";
+    m.eval_samples.forEach(function (sample) {
+      const tr = document.createElement("tr");
+      tr.appendChild(cell(sample.prompt + (sample.turns > 1 ? " (last of " + sample.turns + " turns)" : ""), "sample-prompt"));
+      [["reference", "reward_reference"], ["candidate", "reward_candidate"]].forEach(function (keys) {
+        const td = cell(sample[keys[0]] || "(empty reply)", "sample-reply");
+        const score = document.createElement("div");
+        score.className = "sample-reward muted";
+        score.textContent = "reward " + (typeof sample[keys[1]] === "number" ? sample[keys[1]].toFixed(2) : "n/a");
+        td.appendChild(score);
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
     });
   }
 

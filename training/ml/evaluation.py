@@ -20,14 +20,32 @@ from .significance import binomial_p_value
 from .text import position_limit, prompt_room, tokenize_prompt
 
 
+SAMPLE_CHARS = 1200  # of each text kept for the side-by-side samples
+
+
+def _sample_rows(prompts, old_texts, new_texts, old_rewards, new_rewards, n: int) -> list[dict]:
+    """The first `n` held-out prompts with both policies' replies and rewards, for people to read."""
+    rows = []
+    for messages, old, new, r_old, r_new in list(zip(prompts, old_texts, new_texts, old_rewards.tolist(), new_rewards.tolist()))[:n]:
+        last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        rows.append({
+            "prompt": last_user[:SAMPLE_CHARS], "turns": len(messages),
+            "reference": old[:SAMPLE_CHARS], "candidate": new[:SAMPLE_CHARS],
+            "reward_reference": float(r_old), "reward_candidate": float(r_new),
+        })
+    return rows
+
+
 @torch.no_grad()
-def compare_policies(candidate, reference, tokenizer, score, prompts: list[list[dict]], sampling: SamplingConfig, *, seed: int = 0) -> dict:
+def compare_policies(candidate, reference, tokenizer, score, prompts: list[list[dict]], sampling: SamplingConfig, *, seed: int = 0,
+                     samples: int = 4) -> dict:
     """Head-to-head of two policies sharing a tokenizer on `prompts`, judged by `score`.
 
     score(conversations, texts) -> calibrated rewards (a RewardScorer). Both policies
     sample with the same seed. reference=None: the candidate with its LoRA adapters off
     (the base it was trained from), so no second copy of the weights is loaded. Returns wins / losses / ties of the candidate, the sign
-    test's one-sided p-value, and the mean rewards.
+    test's one-sided p-value, the mean rewards, and `samples` of the prompts with both replies
+    side by side (what an admin reads to see what changed).
     """
     sampling = SamplingConfig(**{**sampling.__dict__, "n": 1})
     torch.manual_seed(seed)
@@ -48,6 +66,7 @@ def compare_policies(candidate, reference, tokenizer, score, prompts: list[list[
         "reward_candidate": float(new_rewards.mean()) if len(prompts) else None,
         "reward_reference": float(old_rewards.mean()) if len(prompts) else None,
         "reward_gain": float(difference.mean()) if len(prompts) else None,
+        "samples": _sample_rows(prompts, old_texts, new_texts, old_rewards, new_rewards, samples),
     }
 
 
