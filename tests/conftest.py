@@ -40,6 +40,20 @@ def _no_nagle_in_the_live_server() -> None:
     WSGIRequestHandler.setup = setup_without_nagle
     WSGIRequestHandler._no_nagle = True
 
+    # One request per connection: on a kept-alive connection the development server can read
+    # what a malformed request left behind as the next request line (an HTTP/0.9 request, and
+    # an answer without a status line); seen under the schema fuzz. Production runs gunicorn.
+    from django.core.servers.basehttp import ServerHandler
+
+    cleanup_headers = ServerHandler.cleanup_headers
+
+    def cleanup_headers_closing(self):
+        cleanup_headers(self)
+        self.headers["Connection"] = "close"
+        self.request_handler.close_connection = True
+
+    ServerHandler.cleanup_headers = cleanup_headers_closing
+
 
 _no_nagle_in_the_live_server()
 SERVICE_SKIPS: list[str] = []

@@ -483,6 +483,33 @@ def test_a_cycle_keeps_the_reward_model_when_no_judgements_are_new(db, models_on
     assert [s.kind for s in TrainingRun.objects.filter(parent=again).order_by("pk")][0] == "reward"
 
 
+def test_an_early_eta_starts_from_how_long_such_runs_took(db, admin_user):
+    """#20: 286 s shown, rising to 548 s, for a cycle of 78 s. With earlier cycles of ~80 s,
+    a cycle 10 s in at 5% says ~70 s, not 190 s; half way on, its own progress decides."""
+    project = Project.objects.create(name="eta history")
+    now = timezone.now()
+    for seconds in (70, 80, 90):
+        TrainingRun.objects.create(project=project, kind="cycle", status=RunStatus.SUCCEEDED,
+                                   started_at=now - timedelta(hours=1), finished_at=now - timedelta(hours=1) + timedelta(seconds=seconds))
+    run = TrainingRun.objects.create(project=project, kind="cycle", status=RunStatus.RUNNING, progress=0.05, started_at=now - timedelta(seconds=10))
+    assert selectors.typical_duration(run) == 80.0
+    assert selectors.eta_seconds(run, now=now) == pytest.approx(190.0)  # progress alone
+    blended = selectors.eta_seconds(run, now=now, typical=80.0)
+    assert blended == pytest.approx(0.9 * 70 + 0.1 * 190)
+    run.progress = 0.6
+    assert selectors.eta_seconds(run, now=now, typical=80.0) == pytest.approx(10 * 0.4 / 0.6)
+    run.progress, run.started_at = 0.0, now - timedelta(seconds=5)
+    assert selectors.eta_seconds(run, now=now, typical=80.0) == pytest.approx(75.0)  # before any progress
+    run.started_at = now - timedelta(seconds=120)
+    assert selectors.eta_seconds(run, now=now, typical=80.0) is None  # slower than usual, no progress yet: unknown
+    run.progress, run.started_at = 0.05, now - timedelta(seconds=10)
+    run.save()
+    client = APIClient()
+    client.force_authenticate(admin_user)
+    shown = client.get(f"/api/v1/training-runs/{run.pk}/").json()["eta_seconds"]
+    assert 70 < shown < 100  # what the dashboard shows
+
+
 def test_eta_is_extrapolated_from_progress(db):
     project = Project.objects.create(name="eta")
     run = TrainingRun.objects.create(project=project, kind="reward", status=RunStatus.RUNNING, progress=0.25)

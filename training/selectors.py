@@ -88,12 +88,43 @@ def first_replies(prompts: list[Prompt]) -> dict[int, str]:
     return first
 
 
-def eta_seconds(run: TrainingRun, now=None) -> float | None:
-    """Seconds left for a running run, extrapolated from its progress so far (None until 1% is done)."""
-    if run.status != RunStatus.RUNNING or run.started_at is None or run.progress < 0.01:
+TYPICAL_RUNS = 5  # the last this many succeeded runs of a kind tell how long one takes
+
+
+def typical_duration(run: TrainingRun) -> float | None:
+    """The median duration of the project's last succeeded runs of this kind (top-level ones:
+    a cycle's stages are counted with their cycle), or None without any."""
+    finished = (
+        TrainingRun.objects.filter(project_id=run.project_id, kind=run.kind, parent=None, status=RunStatus.SUCCEEDED,
+                                   started_at__isnull=False, finished_at__isnull=False)
+        .exclude(pk=run.pk).order_by("-finished_at").values_list("started_at", "finished_at")[:TYPICAL_RUNS]
+    )
+    durations = sorted((end - start).total_seconds() for start, end in finished)
+    if not durations:
+        return None
+    middle = len(durations) // 2
+    return durations[middle] if len(durations) % 2 else (durations[middle - 1] + durations[middle]) / 2
+
+
+def eta_seconds(run: TrainingRun, now=None, typical: float | None = None) -> float | None:
+    """Seconds left for a running run. Early on, progress says little (a cycle spends its first
+    seconds loading models: 286 s shown, rising to 548 s, for a cycle of 78 s, #20), so the
+    estimate starts from what such runs took here before (`typical`, the median of the last
+    ones) and moves to the extrapolation from progress as the run goes (fully from half way).
+    Without earlier runs: the extrapolation alone, once 1% is done."""
+    if run.status != RunStatus.RUNNING or run.started_at is None:
         return None
     elapsed = ((now or timezone.now()) - run.started_at).total_seconds()
-    return max(0.0, elapsed * (1 - run.progress) / run.progress)
+    from_progress = elapsed * (1 - run.progress) / run.progress if run.progress >= 0.01 else None
+    if typical is None or run.progress >= 0.5:
+        return None if from_progress is None else max(0.0, from_progress)
+    from_history = max(0.0, typical - elapsed) if elapsed < typical else None
+    if from_history is None:  # slower than usual: only its own progress can say
+        return None if from_progress is None else max(0.0, from_progress)
+    if from_progress is None:
+        return from_history
+    weight = run.progress / 0.5
+    return max(0.0, (1 - weight) * from_history + weight * from_progress)
 
 
 def duration_seconds(run: TrainingRun, now=None) -> float | None:

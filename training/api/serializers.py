@@ -4,7 +4,7 @@ from rest_framework import serializers
 from labeling.api.serializers import id_filter
 
 from ..models import ModelVersion, RunKind, RunStatus, TrainingRun, VersionKind, VersionStatus
-from ..selectors import duration_seconds, eta_seconds, run_outcome, stage_summaries
+from ..selectors import duration_seconds, eta_seconds, run_outcome, stage_summaries, typical_duration
 
 
 class RunQuery(serializers.Serializer):
@@ -59,7 +59,10 @@ class RunOutput(serializers.ModelSerializer):
         source="requested_by.username", default=None, allow_null=True, help_text="who asked; null for scheduled runs and stages"
     )
     versions = serializers.SerializerMethodField()
-    eta_seconds = serializers.SerializerMethodField(help_text="seconds left, extrapolated from progress (running runs only)")
+    eta_seconds = serializers.SerializerMethodField(
+        help_text="seconds left (running runs only): from how long the project's earlier runs of this kind took, "
+        "moving to the extrapolation from progress as the run goes"
+    )
     duration_seconds = serializers.SerializerMethodField(help_text="finished_at - started_at; for a running run, the time so far")
     stages = serializers.SerializerMethodField(help_text="a cycle's child runs with their key metrics, in the order they ran")
     outcome = serializers.SerializerMethodField(
@@ -82,7 +85,9 @@ class RunOutput(serializers.ModelSerializer):
         ]
 
     def get_eta_seconds(self, run) -> float | None:
-        return eta_seconds(run)
+        if run.status != RunStatus.RUNNING:
+            return None
+        return eta_seconds(run, typical=typical_duration(run) if run.parent_id is None else None)
 
     def get_duration_seconds(self, run) -> float | None:
         return duration_seconds(run)
