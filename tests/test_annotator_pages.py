@@ -228,6 +228,18 @@ def judge(project, user, choice="A", strength=2, **extra):
     return submit_judgement(annotator=user, assignment_id=assignment.pk, judgement=JudgementInput(choice, strength, **extra))[0]
 
 
+def test_my_judgements_shows_prompts_as_text_not_markdown(client, project, kim):
+    """#20: the list showed "**Explain** `zip`" with its markdown; it shows the text, escaped."""
+    project.overlap_k = 1
+    project.save()
+    import_items(project, [{"prompt": "**Explain** `zip` in <b>Python</b>\n\n```python\nzip(a, b)\n```", "responses": ["one", "two"]}])
+    judge(project, kim, "A", 2)
+    client.force_login(kim)
+    listing = client.get(reverse("labeling:my_judgements")).content.decode()
+    cell = listing.split('<td class="prompt">')[1].split("</td>")[0]
+    assert cell == "Explain zip in &lt;b&gt;Python&lt;/b&gt;"
+
+
 def test_revision_keeps_history_and_export_shows_only_the_latest(client, project, kim):
     project.overlap_k = 1
     project.save()
