@@ -168,6 +168,13 @@ def test_a_job_whose_worker_died_is_reaped_and_a_redelivered_one_starts_over(db,
     third.refresh_from_db()
     assert third.status == "failed" and "each of 3 attempts" in third.error
     assert Prompt.objects.filter(project=project).count() == 3
+    # left-over folders: of an ended job, and of no job (old) go; one just created (no row yet) stays
+    ended, orphan, newborn = jobs.job_dir(fresh.pk), import_root / "999999", import_root / "999998"
+    for folder in (ended, orphan, newborn):
+        folder.mkdir(parents=True, exist_ok=True)
+    os.utime(orphan, (time.time() - 600, time.time() - 600))
+    jobs.reap_stale_imports(timeout_seconds=120)
+    assert not ended.exists() and not orphan.exists() and newborn.exists()
 
 
 def test_the_import_api_is_for_admins(db, project, annotator):

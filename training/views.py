@@ -35,7 +35,8 @@ def dashboard(request):
         # rendered once here so the page says it before the first poll; dashboard.js keeps it current
         context["active_policy"] = services.active_version(selected, VersionKind.POLICY)
         context["active_reward"] = services.active_version(selected, VersionKind.REWARD)
-        context["kinds"] = [(value, label, run_plan(selected, value, context["active_policy"], context["active_reward"])) for value, label in kinds]
+        plans = run_plans(selected, context["active_policy"], context["active_reward"])
+        context["kinds"] = [(value, label, plans[value]) for value, label in kinds]
         context["default_policy"] = default_policy_state()
         shortfall = services.reward_training_shortfall(selected)
         if shortfall:
@@ -43,9 +44,9 @@ def dashboard(request):
     return render(request, "training/dashboard.html", context)
 
 
-def run_plan(project, kind: str, policy, reward) -> str:
-    """What a "Start" button will run, in words, for its confirmation (#20: one click started
-    minutes of work without saying so)."""
+def run_plans(project, policy, reward) -> dict[str, str]:
+    """{kind: what its "Start" button will run, in words}, for the confirmations (#20: one
+    click started minutes of work without saying so). Built once per page."""
     rules = services.training_settings_for(project)
     policy_name = f"policy v{policy.number}" if policy else "the built-in default policy"
     reward_name = f"reward v{reward.number}" if reward else "no reward model yet"
@@ -65,4 +66,4 @@ def run_plan(project, kind: str, policy, reward) -> str:
         retrain = "retrained" if services.new_judgements_since_trained(project) != 0 else "kept (no new judgements)"
         stages = f"the reward model ({retrain}), then {algorithm} against it, then new replies for {rules.generate_prompts} prompts"
     plans[RunKind.CYCLE] = f"A full cycle: {stages}. Each stage runs only if the one before it was promoted."
-    return f"{plans.get(kind, kind)} This takes minutes of the worker's time. Start it?"
+    return {kind: f"{text} This takes minutes of the worker's time. Start it?" for kind, text in plans.items()}

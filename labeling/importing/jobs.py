@@ -301,13 +301,12 @@ def reap_stale_imports(*, timeout_seconds: int | None = None) -> list[int]:
                 reaped.append(job.pk)
                 log.warning("reaped stale import %s", job.pk)
     root = Path(settings.IMPORT_ROOT)
-    if root.is_dir():
-        ended = set(ImportJob.objects.filter(status__in=[ImportStatus.SUCCEEDED, ImportStatus.FAILED, ImportStatus.CANCELLED])
-                    .values_list("pk", flat=True))
-        known = set(ImportJob.objects.values_list("pk", flat=True))
-        for entry in root.iterdir():
-            if entry.is_dir() and entry.name.isdigit() and (int(entry.name) in ended or int(entry.name) not in known):
-                if int(entry.name) not in known and time.time() - entry.stat().st_mtime < timeout:
-                    continue  # a job being created right now (its row not committed yet)
-                shutil.rmtree(entry, ignore_errors=True)
+    folders = {int(entry.name): entry for entry in root.iterdir() if entry.is_dir() and entry.name.isdigit()} if root.is_dir() else {}
+    statuses = dict(ImportJob.objects.filter(pk__in=folders).values_list("pk", "status"))  # only the jobs that have a folder
+    for job_id, folder in folders.items():
+        status = statuses.get(job_id)
+        if status is None and time.time() - folder.stat().st_mtime < timeout:
+            continue  # a job being created right now (its row not committed yet)
+        if status is None or status in (ImportStatus.SUCCEEDED, ImportStatus.FAILED, ImportStatus.CANCELLED):
+            shutil.rmtree(folder, ignore_errors=True)
     return reaped
