@@ -1,13 +1,21 @@
-"""How long a demo cycle (reward model, PPO, generation) takes with the default settings.
+"""How long a demo cycle (reward model, PPO, generation) takes with the default settings, and
+whether it promotes a reward model and a PPO policy and generates new tasks (#20).
 
-What `make run` gives a newcomer, end to end, in a throw-away SQLite database: the demo
-project (`seed_demo`), the built-in default policy (`bootstrap_models`, or --policy DIR to
-reuse one), then three simulated annotators judge every demo task the way its author
-ranked the replies (the demo's metadata), and a cycle runs in this process with NO config:
-the device-sized defaults and the honest gates decide. Prints one JSON line: judgements,
-seconds per stage, and for each stage whether it promoted and why (in words).
+What `make run` gives a newcomer, end to end, in a throw-away SQLite database per seed: the
+demo project (`seed_demo`), the built-in default policy (`bootstrap_models`, or --policy DIR
+to reuse one), then a judgement history, then a full cycle in this process with NO config:
+the device-sized defaults and the honest gates decide.
 
-    python bench/demo_cycle_bench.py [--policy DIR] [--annotators 3]
+--history simulated (the default): what the dashboard's "Load a simulated judgement
+history" loads (`seed_demo --simulated-history`): the policy's replies to the demo prompts
+ranked by three simulated annotators (training/ml/simulated.py). --history demo-ranking:
+instead, three simulated annotators judge the demo's own hand-written tasks the way its
+author ranked the replies (the only history before #20; PPO then learned nothing).
+
+Prints one JSON object per seed (judgements, seconds per stage, for each stage whether it
+promoted and why, in words), then a summary line.
+
+    python bench/demo_cycle_bench.py [--policy DIR] [--seeds 0 1 2] [--history simulated|demo-ranking]
 """
 
 from __future__ import annotations
@@ -26,53 +34,46 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", help="an existing default policy folder (skips bootstrap_models)")
-    parser.add_argument("--annotators", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="demo-cycle-"))
-    os.environ["DATABASE_URL"] = f"sqlite:///{work / 'db.sqlite3'}"
-    os.environ["ARTIFACT_ROOT"] = str(work / "artifacts")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "feedback_site.settings")
-    if args.policy:
-        os.environ["DEFAULT_POLICY_PATH"] = str(Path(args.policy).resolve())
-    import django
-
-    django.setup()
-    import torch
+def one_seed(seed: int, args) -> dict:
+    """One fresh database: demo, history of `seed`, one full cycle with the defaults."""
+    from django.conf import settings
     from django.core.management import call_command
+    from django.db import connections
 
     from labeling.models import Project
     from labeling.services import JudgementInput, assign_next_task, create_annotator, submit_judgement
     from training import runner, services
     from training.models import ModelVersion, TrainingRun
 
-    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix=f"demo-cycle-{seed}-"))
+    connections["default"].close()
+    connections["default"].settings_dict["NAME"] = str(work / "db.sqlite3")
+    settings.ARTIFACT_ROOT = work / "artifacts"  # run ids start again at 1: a folder of its own
     call_command("migrate", verbosity=0)
     call_command("seed_demo", stdout=open(os.devnull, "w"))
-    started = time.perf_counter()
-    if not args.policy:
-        call_command("bootstrap_models", "--no-progress", stdout=open(os.devnull, "w"))
-    bootstrap_seconds = time.perf_counter() - started
-
     project = Project.objects.get(name__startswith="Demo")
-    rng = random.Random(0)
-    judged = 0
-    for i in range(args.annotators):
-        annotator = create_annotator(username=f"bench-annotator-{i}", password=f"bench-pass-{i}-x7")
-        while (assignment := assign_next_task(project=project, annotator=annotator, rng=rng)) is not None:
-            ranking = assignment.task.prompt.metadata.get("ranking") or []
-            position = {tr.response_id: tr.position for tr in assignment.task.task_responses.all()}
-            order = [ranking.index(position[rid]) if position[rid] in ranking else len(ranking) for rid in assignment.display_order]
-            if len(order) == 2:
-                judgement = JudgementInput("A" if order[0] < order[1] else "B", 2)
-            else:
-                judgement = JudgementInput("ranking", ranks=[1 + sorted(order).index(o) for o in order])
-            submit_judgement(annotator=annotator, assignment_id=assignment.pk, judgement=judgement)
-            judged += 1
+    started = time.perf_counter()
+    if args.history == "simulated":
+        history = services.start_run(project=project, kind="simulate", config={"seed": seed}, enqueue=False)
+        runner.execute(history.pk)
+        history.refresh_from_db()
+        judged = history.metrics.get("simulated_judgements", 0)
+    else:
+        rng = random.Random(seed)
+        judged = 0
+        for i in range(args.annotators):
+            annotator = create_annotator(username=f"bench-annotator-{i}", password=f"bench-pass-{i}-x7")
+            while (assignment := assign_next_task(project=project, annotator=annotator, rng=rng)) is not None:
+                ranking = assignment.task.prompt.metadata.get("ranking") or []
+                position = {tr.response_id: tr.position for tr in assignment.task.task_responses.all()}
+                order = [ranking.index(position[rid]) if position[rid] in ranking else len(ranking) for rid in assignment.display_order]
+                if len(order) == 2:
+                    judgement = JudgementInput("A" if order[0] < order[1] else "B", 2)
+                else:
+                    judgement = JudgementInput("ranking", ranks=[1 + sorted(order).index(o) for o in order])
+                submit_judgement(annotator=annotator, assignment_id=assignment.pk, judgement=judgement)
+                judged += 1
+    history_seconds = time.perf_counter() - started
 
     cycle = services.start_run(project=project, kind="cycle", enqueue=False)
     started = time.perf_counter()
@@ -88,18 +89,67 @@ def main() -> None:
             "seconds": round(seconds, 1) if seconds is not None else None,
             "promoted": version.status == "active" if version else None,
             "why": version.promotion_note if version else stage.metrics.get("tasks_created"),
-            **{k: stage.metrics.get(k) for k in ("val_accuracy", "val_pairs", "train_judgements", "steps", "reward_gain", "eval_wins", "eval_losses", "kl") if k in stage.metrics},
+            **{k: stage.metrics.get(k) for k in ("val_accuracy", "val_pairs", "train_judgements", "steps", "reward_gain", "eval_wins", "eval_losses", "kl_k3") if k in stage.metrics},
         }
-    print(json.dumps({
+    return {
+        "seed": seed,
+        "history": args.history,
         "judgements": judged,
-        "bootstrap_seconds": round(bootstrap_seconds, 1),
+        "history_seconds": round(history_seconds, 1),
         "cycle_status": cycle.status,
         "cycle_seconds": round(cycle_seconds, 1),
         "cycle_error": cycle.error[-2000:] or None,
         "stages": stages,
-        "log": cycle.log_tail.splitlines()[-6:],
+        "outcome": runner.selectors.run_outcome(cycle),
+        "log": cycle.log_tail.splitlines()[-4:],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", help="an existing default policy folder (skips bootstrap_models)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--history", choices=["simulated", "demo-ranking"], default="simulated")
+    parser.add_argument("--annotators", type=int, default=3, help="with --history demo-ranking")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="demo-cycle-"))
+    os.environ["DATABASE_URL"] = f"sqlite:///{work / 'db.sqlite3'}"
+    os.environ["ARTIFACT_ROOT"] = str(work / "artifacts")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "feedback_site.settings")
+    if args.policy:
+        os.environ["DEFAULT_POLICY_PATH"] = str(Path(args.policy).resolve())
+    import django
+
+    django.setup()
+    import torch
+    from django.core.management import call_command
+
+    torch.set_num_threads(args.threads)
+    call_command("migrate", verbosity=0)
+    started = time.perf_counter()
+    if not args.policy:
+        call_command("bootstrap_models", "--no-progress", stdout=open(os.devnull, "w"))
+    bootstrap_seconds = time.perf_counter() - started
+    results = []
+    for seed in args.seeds:
+        result = one_seed(seed, args)
+        results.append(result)
+        print(json.dumps(result, indent=1), flush=True)
+
+    def promoted(result, kind):
+        return bool(result["stages"].get(kind, {}).get("promoted"))
+
+    print(json.dumps({
+        "seeds": len(results),
+        "bootstrap_seconds": round(bootstrap_seconds, 1),
+        "reward_promoted": sum(promoted(r, "reward") for r in results),
+        "ppo_promoted": sum(promoted(r, "ppo") for r in results),
+        "tasks_generated": [r["stages"].get("generate", {}).get("why") for r in results],
+        "history_plus_cycle_seconds": [round(r["history_seconds"] + r["cycle_seconds"], 1) for r in results],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-    }, indent=1))
+    }))
 
 
 if __name__ == "__main__":

@@ -363,6 +363,7 @@ class Strength(models.IntegerChoices):
 class JudgementSource(models.TextChoices):
     ANNOTATOR = "annotator", "annotator"
     IMPORT = "import", "imported label"
+    SIMULATED = "simulated", "simulated annotator (demo)"
 
 
 FLAG_CHOICES = ("unsafe", "factually_wrong", "other")

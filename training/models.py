@@ -63,6 +63,7 @@ class RunKind(models.TextChoices):
     SFT = "sft", "SFT"
     GENERATE = "generate", "generate candidates"
     ENDPOINTS = "endpoints", "replies from model endpoints"
+    SIMULATE = "simulate", "simulated judgements (demo)"
     CYCLE = "cycle", "full cycle"
 
 

@@ -39,7 +39,7 @@ from django.utils import timezone
 from labeling.services import GeneratedReply, add_comparison_task
 from labeling.quality_filter import JudgementFilter
 
-from . import launcher, selectors, services
+from . import launcher, selectors, services, simulated_history
 from .endpoint_runs import stage_endpoints
 from .exceptions import TrainingFailed
 from .defaults import default_policy_dir, reward_backbone_dir
@@ -529,6 +529,43 @@ def stage_generate(run: TrainingRun, reporter: RunReporter) -> dict:
     return {"tasks_created": created, "prompts": len(prompts), "policy": new_name, "compared_with": compared_with}
 
 
+def stage_simulate(run: TrainingRun, reporter: RunReporter) -> dict:
+    """The demo's simulated judgement history (training/simulated_history.py): the project's
+    policy writes replies_per_prompt replies to every demo prompt, sampled as PPO samples
+    them (its temperature and reply length), and simulated annotators rank them."""
+    references = simulated_history.demo_references(run.project)
+    if not references:
+        raise TrainingFailed("the project has no demo prompts with reference answers")
+    options = simulated_history.options(run.config)
+    rules = services.training_settings_for(run.project)
+    ppo = _merged(PPOConfig, ppo_defaults_for(worker_device()), rules.ppo_config, run.config.get("ppo"))
+    sampling = SamplingConfig(n=int(options["replies_per_prompt"]), temperature=ppo.temperature, top_p=ppo.top_p,
+                              max_new_tokens=ppo.max_new_tokens, max_prompt_tokens=ppo.max_prompt_tokens)
+    path, version = _starting_policy(run.project)
+    name = f"policy v{version.number}" if version else "default policy"
+    reporter.log(f"{name} writes {sampling.n} replies to each of {len(references)} demo prompts for the simulated annotators")
+    policy, tokenizer = load_policy(path)
+    policy.to(worker_device())
+    torch.manual_seed(int(options["seed"]))
+    replies = []
+    for start in range(0, len(references), sampling.batch_size):
+        reporter.hooks().check_cancelled()
+        chunk = [prompt.messages for prompt, _ in references[start : start + sampling.batch_size]]
+        replies.extend([sample.text for sample in samples] for samples in generate(policy, tokenizer, chunk, sampling))
+        reporter.on_progress({"step": start + len(chunk), "fraction": 0.9 * (start + len(chunk)) / len(references)})
+    params = {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_new_tokens": sampling.max_new_tokens, "simulated_history": True}
+    result = simulated_history.record(
+        run.project, references, replies, origin=name, version_id=version.pk if version else None, params=params,
+        annotators=int(options["annotators"]), temperature=float(options["temperature"]), seed=int(options["seed"]),
+    )
+    reporter.log(
+        f"{result['annotators']} simulated annotators ranked the replies of {result['tasks_created']} new tasks: "
+        f"{result['simulated_judgements']} simulated judgements (mean word overlap with the reference: best reply "
+        f"{result['mean_best_overlap']}, worst {result['mean_worst_overlap']})"
+    )
+    return {**result, "policy": name}
+
+
 def stage_cycle(run: TrainingRun, reporter: RunReporter) -> dict:
     """The project's policy algorithm, then generation; each stage is a child run with its own row.
 
@@ -582,6 +619,7 @@ STAGES = {
     RunKind.GENERATE: stage_generate,
     RunKind.CYCLE: stage_cycle,
     RunKind.ENDPOINTS: stage_endpoints,
+    RunKind.SIMULATE: stage_simulate,
 }
 
 

@@ -164,6 +164,10 @@ def run_outcome(run: TrainingRun) -> str:
     if run.kind == RunKind.ENDPOINTS:
         failed = run.metrics.get("prompts_failed") or 0
         return f"{run.metrics.get('tasks_created', 0)} new comparison tasks" + (f"; {failed} prompts failed" if failed else "")
+    if run.kind == RunKind.SIMULATE:
+        m = run.metrics
+        return (f"{m.get('simulated_judgements', 0)} simulated judgements of {m.get('policy', 'the policy')}'s replies "
+                f"on {m.get('tasks_created', 0)} new tasks ({m.get('annotators', 0)} simulated annotators)")
     if run.kind != RunKind.CYCLE:
         return _stage_outcome(run.kind, run.metrics)[0]
     parts = []

@@ -88,7 +88,7 @@ def reward_training_shortfall(project: Project, config: dict | None = None) -> t
     return (len(train), needed) if len(train) < needed else None
 
 
-POLICY_KINDS = (RunKind.PPO, RunKind.RLOO, RunKind.GRPO, RunKind.DPO, RunKind.SFT, RunKind.GENERATE, RunKind.CYCLE)
+POLICY_KINDS = (RunKind.PPO, RunKind.RLOO, RunKind.GRPO, RunKind.DPO, RunKind.SFT, RunKind.GENERATE, RunKind.CYCLE, RunKind.SIMULATE)
 
 
 def check_models_ready(project: Project, kind: str) -> None:
@@ -142,6 +142,10 @@ def start_run(*, project: Project, kind: str, config: dict | None = None, reques
         from .endpoint_runs import check_request
 
         check_request(project, config)
+    if kind == RunKind.SIMULATE:
+        from .simulated_history import check_possible
+
+        check_possible(project, config)
     try:
         with transaction.atomic():
             run = TrainingRun.objects.create(

@@ -8,9 +8,9 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from inference.models import ModelEndpoint
-from labeling.models import Project
+from labeling.models import Judgement, JudgementSource, Project
 
-from . import services
+from . import services, simulated_history
 from .models import RunKind, VersionKind
 from .defaults import default_policy_state
 
@@ -27,7 +27,7 @@ def dashboard(request):
     if raw and selected is None:
         raise Http404("no such project")  # not silently another project's dashboard
     # runs of kind "endpoints" have their own form (which endpoints, which prompts)
-    kinds = [(value, label) for value, label in RunKind.choices if value != RunKind.ENDPOINTS]
+    kinds = [(value, label) for value, label in RunKind.choices if value not in (RunKind.ENDPOINTS, RunKind.SIMULATE)]
     context = {"projects": projects, "project": selected, "kinds": kinds,
                "endpoints": ModelEndpoint.objects.filter(is_active=True).order_by("builtin", "name")}
     if selected is not None:
@@ -38,6 +38,12 @@ def dashboard(request):
         plans = run_plans(selected, context["active_policy"], context["active_reward"])
         context["kinds"] = [(value, label, plans[value]) for value, label in kinds]
         context["default_policy"] = default_policy_state()
+        if simulated_history.has_demo_prompts(selected):
+            context["demo"] = {
+                "plan": plans[RunKind.SIMULATE],
+                "simulated": Judgement.objects.filter(task__project=selected, source=JudgementSource.SIMULATED).count(),
+                "human": services.human_judgement_count(selected),
+            }
         shortfall = services.reward_training_shortfall(selected)
         if shortfall:
             context["reward_shortfall"] = {"have": shortfall[0], "needed": shortfall[1], "missing": shortfall[1] - shortfall[0]}
@@ -57,6 +63,9 @@ def run_plans(project, policy, reward) -> dict[str, str]:
         RunKind.SFT: f"Fine-tune {policy_name} on the replies people preferred. {gate}",
         RunKind.GENERATE: f"Generate replies of {policy_name} for {rules.generate_prompts} prompts and make comparison tasks of them.",
         RunKind.DPO: f"Train {policy_name} with DPO on the judgements directly. {gate}",
+        RunKind.SIMULATE: (f"Have {policy_name} write {simulated_history.REPLIES_PER_PROMPT} replies to each demo prompt, and "
+                           f"{simulated_history.ANNOTATORS} simulated annotators rank them by their word overlap with the demo's "
+                           "reference answers. The judgements are marked as simulated."),
     }
     for online in (RunKind.PPO, RunKind.RLOO, RunKind.GRPO):
         plans[online] = f"Train {policy_name} with {online.label} against {reward_name}, then compare it with its start on held-out prompts. {gate}"

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.db.models import Count
 
@@ -44,6 +44,14 @@ GOLD_EVERY = 10  # every 10th two-reply demo task becomes a gold task
 class Command(BaseCommand):
     help = "Load the demo project (prompts with replies of differing quality) and demo accounts."
 
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--simulated-history", action="store_true",
+            help="also load a judgement history made by simulated annotators (marked as such): the policy's replies to the demo "
+            "prompts ranked by word overlap with the demo's reference answers, so that a first full cycle has something to learn "
+            "(runs here; needs the built-in default policy, `manage.py bootstrap_models`)",
+        )
+
     def handle(self, *args, **options):
         with transaction.atomic():
             project, _ = Project.objects.get_or_create(
@@ -81,6 +89,29 @@ class Command(BaseCommand):
         self.stdout.write("demo accounts (username / password):")
         for username, password, is_admin in DEMO_ACCOUNTS:
             self.stdout.write(f"  {username} / {password}{'  (admin)' if is_admin else ''}")
+        if options["simulated_history"]:
+            self._load_simulated_history(project)
+
+    def _load_simulated_history(self, project) -> None:
+        """The dashboard's "Load a simulated judgement history", run in this process."""
+        from training import runner, services
+        from training.exceptions import InvalidTrainingRequest, RunAlreadyActive
+        from training.models import RunStatus
+
+        try:
+            run = services.start_run(project=project, kind="simulate", enqueue=False)
+        except (InvalidTrainingRequest, RunAlreadyActive) as error:
+            raise CommandError(f"no simulated history: {error}") from None
+        runner.execute(run.pk)
+        run.refresh_from_db()
+        if run.status != RunStatus.SUCCEEDED:
+            raise CommandError(f"the simulated history failed (run {run.pk}): {run.error.strip().splitlines()[-1] if run.error else run.status}")
+        metrics = run.metrics
+        self.stdout.write(self.style.SUCCESS(
+            f"simulated history: {metrics['simulated_judgements']} judgements by {metrics['annotators']} simulated annotators "
+            f"on {metrics['tasks_created']} tasks of {metrics['policy']}'s replies (marked as simulated); "
+            "start a full cycle on the training dashboard"
+        ))
 
     @staticmethod
     def _open_live_page(project) -> bool:
