@@ -157,7 +157,7 @@ def label(request, project_id: int):
     context.update(
         assignment=assignment,
         error=draft and draft["error"],
-        progress=selectors.project_progress(project=project, annotator=request.user, holding=True),
+        progress=selectors.project_progress(project=project, annotator=request.user, holding=True, cap=selectors.PAGE_LEFT_CAP),
         form_action=reverse("labeling:submit", args=[assignment.pk]),
         skip_action=reverse("labeling:skip", args=[assignment.pk]),
     )

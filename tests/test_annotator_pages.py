@@ -122,6 +122,20 @@ def test_comparison_page_counts_done_today_and_left_for_me(client, project, kim)
     assert re.search(r'class="count-today"[^>]*>1<', html) and re.search(r'class="count-left">3<', html)
 
 
+def test_the_project_list_and_the_comparison_page_give_the_same_count_and_say_when_one_is_capped(client, project, kim, monkeypatch):
+    from labeling import selectors
+
+    import_items(project, make_items(6))
+    client.force_login(kim)
+    home = client.get(reverse("labeling:home")).content.decode()
+    assert re.search(r'class="tasks-left">6<', home)
+    _, html = lease(client, project)  # the lease it holds still counts as left for it
+    assert re.search(r'class="count-left">6<', html)
+    monkeypatch.setattr(selectors, "PAGE_LEFT_CAP", 4)  # a queue longer than the page counts
+    _, html = lease(client, project)
+    assert re.search(r'class="count-left" title="more than 4: your project list gives the exact count">4\+<', html)
+
+
 def test_done_today_counts_every_project_and_a_long_queue_shows_as_capped(project, kim, lee):
     from labeling import selectors
 
@@ -151,7 +165,7 @@ def test_highlighter_is_bundled_locally_and_loaded_by_compare_js_only(client, pr
     vendor = Path(settings.BASE_DIR) / "static/labeling/vendor/highlight"
     assert (vendor / "highlight.min.js").stat().st_size > 50_000 and "BSD" in (vendor / "LICENSE").read_text()
     assert 'data-highlighter="/static/labeling/vendor/highlight/highlight.min.js"' in html
-    assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/labeling/compare.js">']
+    assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/labeling/highlight.js">', '<script src="/static/labeling/compare.js">']
     assert "http://" not in re.sub(r'xmlns="http://www.w3.org/2000/svg"', "", "".join(re.findall(r"<(?:link|script)[^>]*>", html)))
     assert "print(&#x27;&lt;img src=x onerror=alert(1)&gt;&#x27;)" in html or "print('&lt;img src=x onerror=alert(1)&gt;')" in html
     assert 'id="wrap-toggle"' in html

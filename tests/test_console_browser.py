@@ -144,7 +144,7 @@ def test_upload_with_an_error_report_then_a_good_file_with_the_jobs_progress(adm
 def test_browse_search_open_a_task_and_export(admin_page, live_server):
     page = admin_page
     project = Project.objects.create(name="Browse", overlap_k=2, gold_rate=0)
-    import_items(project, make_items(4) + [{"prompt": "Tell me about <b>volcanoes</b>", "responses": ["Hot <script>window.__xss=3</script>", "Cold"]}])
+    import_items(project, make_items(4) + [{"prompt": "Tell me about <b>volcanoes</b>", "responses": ["Hot <script>window.__xss=3</script>\n\n```python\ndef erupt():\n    return 1\n```", "Cold"]}])
     kim = create_annotator(username="kim", password=PASSWORD)
     volcano = ComparisonTask.objects.get(prompt__messages__icontains="volcanoes")
     ComparisonTask.objects.filter(project=project).exclude(pk=volcano.pk).update(priority=-1)
@@ -166,6 +166,7 @@ def test_browse_search_open_a_task_and_export(admin_page, live_server):
     row = page.inner_text("#task-judgements tbody tr")
     assert "kim" in row and "clearer <i>answer</i>" in row and "4 s" in row and "significantly" in row
     assert page.evaluate("window.__xss") is None
+    page.wait_for_selector(".reply code.hljs .hljs-keyword", timeout=15000)  # code highlighted as on the comparison page
     shot(page, "console-task.png")
 
     page.click(".subnav >> text=Export")

@@ -49,7 +49,7 @@ def test_comparison_page_shows_attacks_as_inert_text(client, project, annotator)
     assert "&lt;script&gt;alert" in html  # shown to the annotator as text
     assert "script-src 'self'" in page["Content-Security-Policy"]
     scripts = re.findall(r"<script[^>]*>", html)
-    assert scripts == ['<script src="/static/labeling/compare.js">']
+    assert scripts == ['<script src="/static/labeling/highlight.js">', '<script src="/static/labeling/compare.js">']
 
 
 def test_home_shows_progress_and_label_flow(client, project, annotator):

@@ -8,6 +8,10 @@
     return input ? input.value : "";
   }
 
+  // the task page: code blocks of the conversation and replies highlighted as on the comparison page
+  const highlighted = document.querySelector("[data-highlighter]");
+  if (highlighted && window.highlightCodeBlocks) window.highlightCodeBlocks(highlighted.dataset.highlighter);
+
   // confirm before destructive or visible actions
   document.querySelectorAll("[data-confirm]").forEach(function (button) {
     button.addEventListener("click", function (event) {

@@ -82,28 +82,9 @@
   setWrap(wrapStored !== "0");
   if (wrapButton) wrapButton.addEventListener("click", toggleWrap);
 
-  // Syntax highlighting: highlight.js (bundled under static/) is fetched only when the page
-  // has a code block. It reads each block's text (textContent) and writes escaped spans, so
-  // reply HTML is never parsed; blocks with markup inside are left alone.
+  // Syntax highlighting (highlight.js, loaded before this script; it fetches the highlighter)
   function highlightCode() {
-    const blocks = Array.prototype.filter.call(document.querySelectorAll(".markdown pre > code"), function (code) {
-      return code.children.length === 0 && code.textContent.length <= 30000;
-    });
-    if (!blocks.length || !form.dataset.highlighter) return;
-    const script = document.createElement("script");
-    script.src = form.dataset.highlighter;
-    script.onload = function () {
-      const hljs = window.hljs;
-      if (!hljs) return;
-      hljs.configure({ ignoreUnescapedHTML: true });
-      blocks.forEach(function (code) {
-        const named = /\blanguage-\S+/.test(code.className);
-        if (!named && code.textContent.length > 5000) return;  // guessing the language of long text is slow
-        try { hljs.highlightElement(code); } catch (e) { /* leave the block plain */ }
-      });
-      root.classList.add("code-highlighted");
-    };
-    document.head.appendChild(script);
+    if (window.highlightCodeBlocks) window.highlightCodeBlocks(form.dataset.highlighter, function () { root.classList.add("code-highlighted"); });
   }
 
   form.addEventListener("change", function (event) {
