@@ -34,6 +34,46 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def rule_on_held_out(project) -> dict | None:
+    """The simulated annotators' own rule, not the reward model, on the held-out prompts the
+    gate used: the word overlap with the reference answer of the starting policy's and the
+    promoted policy's replies (same seed). Did the policy get better by the rule the
+    judgements came from, or only by the reward model's reading of it?"""
+    import torch
+
+    from training import runner, selectors, services
+    from training.defaults import default_policy_dir
+    from training.ml.checkpoint import load_policy
+    from training.ml.generation import SamplingConfig, generate
+    from training.ml.ppo import PPOConfig, ppo_defaults_for
+    from training.ml.simulated import reference_overlap
+    from training.simulated_history import demo_references
+
+    policy = services.active_version(project, "policy")
+    if policy is None:
+        return None
+    rules = services.training_settings_for(project)
+    _, held_out = runner.split_eval_prompts(selectors.policy_prompts(project), rules.policy_eval_prompts)
+    references = {json.dumps(prompt.messages, sort_keys=True): reference for prompt, reference in demo_references(project)}
+    held_out = [m for m in held_out if json.dumps(m, sort_keys=True) in references]
+    ppo = PPOConfig(**ppo_defaults_for(torch.device("cpu")))
+    sampling = SamplingConfig(temperature=ppo.temperature, max_new_tokens=ppo.max_new_tokens)
+    overlaps = []
+    for path in (default_policy_dir(), policy.artifact_path):
+        model, tokenizer = load_policy(path)
+        torch.manual_seed(1234)
+        replies = [samples[0].text for samples in generate(model, tokenizer, held_out, sampling)]
+        overlaps.append([reference_overlap(text, references[json.dumps(m, sort_keys=True)]) for m, text in zip(held_out, replies)])
+    before, after = overlaps
+    return {
+        "prompts": len(held_out),
+        "overlap_before": round(sum(before) / len(before), 4),
+        "overlap_after": round(sum(after) / len(after), 4),
+        "better": sum(a > b for a, b in zip(after, before)),
+        "worse": sum(a < b for a, b in zip(after, before)),
+    }
+
+
 def one_seed(seed: int, args) -> dict:
     """One fresh database: demo, history of `seed`, one full cycle with the defaults."""
     from django.conf import settings
@@ -94,6 +134,7 @@ def one_seed(seed: int, args) -> dict:
     return {
         "seed": seed,
         "history": args.history,
+        "rule_on_held_out": rule_on_held_out(project),
         "judgements": judged,
         "history_seconds": round(history_seconds, 1),
         "cycle_status": cycle.status,
@@ -148,6 +189,7 @@ def main() -> None:
         "ppo_promoted": sum(promoted(r, "ppo") for r in results),
         "tasks_generated": [r["stages"].get("generate", {}).get("why") for r in results],
         "history_plus_cycle_seconds": [round(r["history_seconds"] + r["cycle_seconds"], 1) for r in results],
+        "rule_on_held_out": [r["rule_on_held_out"] for r in results],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }))
 
