@@ -473,6 +473,20 @@ def test_task_pages_paginate(admin_client, project):
     assert task_ids(admin_client, project, page="99") == second  # past the end: the last page
 
 
+def test_the_task_page_names_each_replys_source_once(admin_client, project):
+    from labeling.services import GeneratedReply, add_comparison_task
+
+    import_items(project, make_items(1))
+    prompt = Prompt.objects.filter(project=project).first()
+    version = ModelVersion.objects.create(project=project, kind="policy", number=3, artifact_path="/nowhere")
+    task = add_comparison_task(prompt=prompt, replies=[
+        GeneratedReply("from the policy", "policy v3", version.pk), GeneratedReply("from an endpoint", "my server", version.pk),
+    ])
+    page = text(admin_client.get(reverse("console:task", args=[task.pk])))
+    assert "policy v3 · policy v3" not in page and "policy v3</span>" in page  # the name once
+    assert "my server · policy v3" in page  # another origin: the version after it
+
+
 def test_the_task_page_shows_every_judgement(admin_client, project, browsable):
     bread = browsable["bread"]
     page = text(admin_client.get(reverse("console:task", args=[bread.pk])))

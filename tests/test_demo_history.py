@@ -8,6 +8,7 @@ is measured by bench/demo_cycle_bench.py (too slow for the suite)."""
 
 import io
 import random
+import re
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -90,8 +91,13 @@ def test_seed_demo_loads_the_policys_replies_ranked_by_simulated_annotators_and_
     quality = api.get(f"/api/v1/projects/{project.pk}/quality/")
     assert quality.status_code == 200 and ANNOTATOR_PREFIX not in quality.content.decode()
 
-    # the dashboard counts them and offers another round
+    # the project page says why its judged tasks outnumber people's judgements
     client.force_login(admin_user)
+    overview = client.get(f"/manage/projects/{project.pk}/").content.decode()
+    assert re.search(r'id="count-judgements">0<', overview)
+    assert f'<span id="count-simulated">{simulated.count()}</span> judgements of the demo\'s simulated annotators' in overview
+
+    # the dashboard counts them and offers another round
     page = client.get("/training/", {"project": project.pk}).content.decode()
     assert f'<strong id="demo-simulated-count">{simulated.count()} simulated judgements</strong>' in page
     assert "Load another simulated round" in page

@@ -50,16 +50,17 @@ def project_counts(project_ids: list[int], now=None) -> dict[int, dict]:
             gold=Count("id", filter=Q(is_gold=True)),
         )
     )
-    counts = {pk: {"tasks": 0, "judged": 0, "in_progress": 0, "left": 0, "gold": 0, "judgements": 0} for pk in project_ids}
+    counts = {pk: {"tasks": 0, "judged": 0, "in_progress": 0, "left": 0, "gold": 0, "judgements": 0, "simulated": 0} for pk in project_ids}
     for row in rows:
         counts[row.pop("project_id")].update(row)
-    judgements = (
-        Judgement.objects.filter(task__project_id__in=project_ids, source=JudgementSource.ANNOTATOR)
-        .values("task__project_id")
+    judgements = (  # people's, and the demo's simulated ones (which complete tasks too: the legend says so)
+        Judgement.objects.filter(task__project_id__in=project_ids, source__in=[JudgementSource.ANNOTATOR, JudgementSource.SIMULATED])
+        .values("task__project_id", "source")
         .annotate(n=Count("id"))
     )
     for row in judgements:
-        counts[row["task__project_id"]]["judgements"] = row["n"]
+        key = "judgements" if row["source"] == JudgementSource.ANNOTATOR else "simulated"
+        counts[row["task__project_id"]][key] = row["n"]
     return counts
 
 
