@@ -310,3 +310,45 @@ def test_dashboard_starts_a_reward_run_and_shows_progress_version_and_chart(loop
     assert all(text.startswith(" · about ") and text.endswith(" left") for text in seen_eta), seen_eta
     assert not errors, errors
     assert ModelVersion.objects.get(project=project, kind="reward").status == "active"
+
+
+def test_the_demo_card_loads_a_simulated_history_through_the_worker(loop_env, live_server, monkeypatch):
+    """#20: what a newcomer does on a fresh `make run`, as far as the history: the demo
+    project's card on the dashboard, its confirmation, the run on a real worker, its outcome
+    on the row. (The full cycle that follows is measured by bench/demo_cycle_bench.py.)"""
+    from django.core.management import call_command
+    from playwright.sync_api import sync_playwright
+
+    from labeling.management.commands.seed_demo import DEMO_PROJECT
+    from labeling.models import Judgement, JudgementSource
+
+    from .conftest import CHROMIUM
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # ORM calls beside playwright's event loop
+    call_command("seed_demo", stdout=io.StringIO())
+    project = Project.objects.get(name=DEMO_PROJECT)
+    create_annotator(username="boss", password="corner-office-secret", is_admin=True)
+    worker = loop_env["start_worker"]()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{live_server.url}/accounts/login/?next=/training/%3Fproject%3D{project.pk}")
+        page.fill("#id_username", "boss")
+        page.fill("#id_password", "corner-office-secret")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#demo-history")
+        confirmations = []
+        page.once("dialog", lambda dialog: (confirmations.append(dialog.message), dialog.accept()))
+        page.click("#start-simulate")
+        try:
+            page.wait_for_selector("#runs tr.run-succeeded >> text=simulated judgements", timeout=120_000)
+        except Exception:
+            raise AssertionError(f"{list(TrainingRun.objects.values_list('status', 'error'))}\n{worker.log()}") from None
+        outcome = page.inner_text("#runs tr.run-succeeded")
+        browser.close()
+    assert "simulated annotators rank them" in confirmations[0] and "marked as simulated" in confirmations[0]
+    n = Judgement.objects.filter(task__project=project, source=JudgementSource.SIMULATED).count()
+    assert n > 300 and f"{n} simulated judgements of default policy's replies" in outcome
+    assert not errors, errors
