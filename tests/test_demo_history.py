@@ -133,6 +133,10 @@ def test_the_dashboard_offers_it_on_the_demo_project_only(db, client, admin_user
     assert 'id="start-simulate"' in page and 'data-kind="simulate"' in page and "simulated annotators" in page
     assert "Load a simulated judgement history" in page and "demo-simulated-count" not in page
     assert 'id="start-simulate"' not in client.get("/training/", {"project": other.pk}).content.decode()
+    demo.name = "renamed"  # the card follows the demo's name; the run itself checks the prompts
+    demo.save()
+    assert 'id="start-simulate"' not in client.get("/training/", {"project": demo.pk}).content.decode()
+    assert services.start_run(project=demo, kind="simulate", enqueue=False).kind == "simulate"
 
 
 # --------------------------------------------------------------------------- the rule (training/ml/simulated.py)

@@ -8,6 +8,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from inference.models import ModelEndpoint
+from labeling.management.commands.seed_demo import DEMO_PROJECT
 from labeling.models import Judgement, JudgementSource, Project
 
 from . import services, simulated_history
@@ -38,7 +39,7 @@ def dashboard(request):
         plans = run_plans(selected, context["active_policy"], context["active_reward"])
         context["kinds"] = [(value, label, plans[value]) for value, label in kinds]
         context["default_policy"] = default_policy_state()
-        if simulated_history.has_demo_prompts(selected):
+        if selected.name == DEMO_PROJECT:  # (not a scan of a big project's prompts on every page; the run checks the prompts)
             context["demo"] = {
                 "plan": plans[RunKind.SIMULATE],
                 "simulated": Judgement.objects.filter(task__project=selected, source=JudgementSource.SIMULATED).count(),
