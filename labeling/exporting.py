@@ -37,7 +37,7 @@ from django.db.models import Prefetch
 
 from .exceptions import InvalidInput
 from .importing.formats import render_hh_transcript
-from .models import Judgement, Project, PromptFormat, TaskResponse
+from .models import Judgement, JudgementSource, Project, PromptFormat, TaskResponse
 from .quality_filter import JudgementFilter
 from .selectors import judgements_for
 
@@ -136,20 +136,25 @@ def iter_export_rows(
     until: datetime | None = None,
     annotator: str | None = None,
     quality: JudgementFilter | None = None,
+    include_simulated: bool = False,
 ) -> Iterator[dict]:
     """Validate the options now (InvalidInput), then return the lazy row stream.
-    `quality` leaves out judgements by the quality filter (labeling.quality_filter)."""
+    `quality` leaves out judgements by the quality filter (labeling.quality_filter). The
+    demo's simulated judgements (training/simulated_history.py) are left out unless
+    `include_simulated`: a trl or hh file has no field that would say what they are."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}", field="format")
     if aggregate not in AGGREGATES:
         raise InvalidInput(f"must be one of {', '.join(AGGREGATES)}", field="aggregate")
     if fmt == "raw" and aggregate != "none":
         raise InvalidInput("raw lists every judgement; aggregate applies to trl and hh", field="aggregate")
-    return _rows(project, fmt, aggregate, since, until, annotator, quality)
+    return _rows(project, fmt, aggregate, since, until, annotator, quality, include_simulated)
 
 
-def _rows(project, fmt, aggregate, since, until, annotator, quality=None) -> Iterator[dict]:
+def _rows(project, fmt, aggregate, since, until, annotator, quality=None, include_simulated=False) -> Iterator[dict]:
     judgements = judgements_for(project=project, since=since, until=until, annotator=annotator)
+    if not include_simulated:
+        judgements = judgements.exclude(source=JudgementSource.SIMULATED)
     if quality is not None and quality.active:
         judgements = quality.apply(judgements, project)
     judgements = (

@@ -7,6 +7,7 @@ first full cycle then promotes a reward model and a PPO policy with the real def
 is measured by bench/demo_cycle_bench.py (too slow for the suite)."""
 
 import io
+import json
 import random
 import re
 
@@ -16,6 +17,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from rest_framework.test import APIClient
 
+from labeling.exporting import iter_export_lines
 from labeling.management.commands.seed_demo import DEMO_PROJECT
 from labeling.models import ComparisonTask, Judgement, JudgementSource, Project, TaskStatus
 from labeling.services import assign_next_task, create_annotator, skip_task
@@ -29,7 +31,7 @@ from .conftest import import_items, make_items
 pytestmark = [pytest.mark.django_db]
 
 
-def test_seed_demo_loads_the_policys_replies_ranked_by_simulated_annotators_and_marked(client, admin_user):
+def test_seed_demo_loads_the_policys_replies_ranked_by_simulated_annotators_and_marked(client, admin_user, tmp_path):
     """One load (the suite's only one: it samples 4 replies to each of the 135 demo prompts)
     and everything about it: what is stored, how it is marked, the annotators' rule, that
     people never get these tasks, that nothing counts them as people's, and the dashboard."""
@@ -91,8 +93,19 @@ def test_seed_demo_loads_the_policys_replies_ranked_by_simulated_annotators_and_
     quality = api.get(f"/api/v1/projects/{project.pk}/quality/")
     assert quality.status_code == 200 and ANNOTATOR_PREFIX not in quality.content.decode()
 
-    # the project page says why its judged tasks outnumber people's judgements
+    # exports leave them out unless asked: a trl or hh file could not say what they are
+    assert list(iter_export_lines(project=project, fmt="trl")) == []
+    assert len(list(iter_export_lines(project=project, fmt="trl", include_simulated=True))) >= simulated.count()
+    call_command("export_preferences", "--project", DEMO_PROJECT, "--format", "raw", "--include-simulated", "--out", str(tmp_path / "all.jsonl"))
+    rows = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert len(rows) == simulated.count() and {row["source"] for row in rows} == {"simulated"}
+    assert api.get(f"/api/v1/projects/{project.pk}/export/", {"format": "trl"}).getvalue() == b""
+    assert api.get(f"/api/v1/projects/{project.pk}/export/", {"format": "trl", "include_simulated": "true"}).getvalue()
     client.force_login(admin_user)
+    download = client.get(f"/manage/projects/{project.pk}/export/", {"format": "hh", "download": "1"})
+    assert b"".join(download.streaming_content) == b""
+
+    # the project page says why its judged tasks outnumber people's judgements
     overview = client.get(f"/manage/projects/{project.pk}/").content.decode()
     assert re.search(r'id="count-judgements">0<', overview)
     assert f'<span id="count-simulated">{simulated.count()}</span> judgements of the demo\'s simulated annotators' in overview

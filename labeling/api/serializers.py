@@ -291,6 +291,7 @@ class ExportQuery(serializers.Serializer):
     min_task_agreement = serializers.FloatField(
         required=False, min_value=0.0, max_value=1.0, help_text="only tasks whose human judgements agree at least this much"
     )
+    include_simulated = serializers.BooleanField(default=False, help_text="also the demo's simulated judgements (left out by default)")
 
 
 MAX_ID = 2**63 - 1  # a bigint primary key; larger numbers are refused, not passed to the database

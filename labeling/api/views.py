@@ -345,6 +345,7 @@ class ExportView(APIView):
                 exclude_paused=options["exclude_paused"], exclude_flagged=options["exclude_flagged"],
                 exclude_failed_gold=options["exclude_failed_gold"], min_task_agreement=options.get("min_task_agreement"),
             ),
+            include_simulated=options["include_simulated"],
         )
         response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
         response["Content-Disposition"] = export_disposition(project.name, options["format"])

@@ -225,6 +225,7 @@ class ExportForm(forms.Form):
         help_text="The share of a task's human judgements that give its most common verdict; tasks judged once are kept.",
         widget=forms.NumberInput(attrs={"step": "0.05"}),
     )
+    include_simulated = forms.BooleanField(required=False, label="Include the demo's simulated judgements (left out by default)")
 
     def clean(self):
         cleaned = super().clean()
@@ -254,7 +255,7 @@ def export_page(request, project_id: int):
         since, until = selectors.day_window(options.get("since"), options.get("until"))
         lines = iter_export_lines(
             project=project, fmt=options["format"], aggregate=options["aggregate"], since=since, until=until,
-            annotator=options.get("annotator") or None, quality=_quality(options),
+            annotator=options.get("annotator") or None, quality=_quality(options), include_simulated=options.get("include_simulated", False),
         )
         response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
         response["Content-Disposition"] = export_disposition(project.name, options["format"])

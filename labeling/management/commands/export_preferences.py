@@ -42,6 +42,7 @@ class Command(BaseCommand):
         parser.add_argument("--exclude-paused", action="store_true", help="leave out annotators paused on the project")
         parser.add_argument("--exclude-flagged", action="store_true", help="leave out annotators the quality thresholds flag")
         parser.add_argument("--exclude-failed-gold", action="store_true", help="leave out judgements that failed their gold task")
+        parser.add_argument("--include-simulated", action="store_true", help="also the demo's simulated judgements (left out by default)")
         parser.add_argument("--min-task-agreement", type=_share, help="only tasks whose human judgements agree at least this much (0..1)")
 
     def handle(self, *args, project, fmt, out, aggregate, since, until, annotator, **options):
@@ -55,7 +56,8 @@ class Command(BaseCommand):
                 exclude_failed_gold=options["exclude_failed_gold"], min_task_agreement=options["min_task_agreement"],
             )
             lines = iter_export_lines(
-                project=project_obj, fmt=fmt, aggregate=aggregate, since=since_at, until=until_at, annotator=annotator, quality=quality
+                project=project_obj, fmt=fmt, aggregate=aggregate, since=since_at, until=until_at, annotator=annotator, quality=quality,
+                include_simulated=options["include_simulated"],
             )
         except LabelingError as error:
             raise CommandError(f"{error.field}: {error.message}") from error
