@@ -251,10 +251,27 @@ def test_sigkill_mid_run_leaves_run_failed_and_nothing_promoted(loop_env, settin
 
 
 @pytest.mark.browser
+def signed_in_dashboard(playwright, live_server, project):
+    """(browser, page, page errors): chromium signed in as a new labeling admin on the project's dashboard."""
+    from .conftest import CHROMIUM
+
+    create_annotator(username="boss", password="corner-office-secret", is_admin=True)
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{live_server.url}/accounts/login/?next=/training/%3Fproject%3D{project.pk}")
+    page.fill("#id_username", "boss")
+    page.fill("#id_password", "corner-office-secret")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#dashboard")
+    return browser, page, errors
+
+
 def test_dashboard_starts_a_reward_run_and_shows_progress_version_and_chart(loop_env, live_server, monkeypatch):
     from playwright.sync_api import sync_playwright
 
-    from .conftest import CHROMIUM, import_items
+    from .conftest import import_items
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # ORM calls beside playwright's event loop
     project = Project.objects.create(name="dashboard", overlap_k=1, gold_rate=0)
@@ -264,19 +281,10 @@ def test_dashboard_starts_a_reward_run_and_shows_progress_version_and_chart(loop
     rules.reward_config = {"lr": 1e-3, "epochs": 4, "batch_size": 8}
     rules.reward_min_judgements = SMALL_DATA
     rules.save()
-    create_annotator(username="boss", password="corner-office-secret", is_admin=True)
     worker = loop_env["start_worker"]()
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        errors = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"{live_server.url}/accounts/login/?next=/training/%3Fproject%3D{project.pk}")
-        page.fill("#id_username", "boss")
-        page.fill("#id_password", "corner-office-secret")
-        page.keyboard.press("Enter")
-        page.wait_for_selector("#dashboard")
+        browser, page, errors = signed_in_dashboard(playwright, live_server, project)
         confirmations = []
         page.once("dialog", lambda dialog: (confirmations.append(dialog.message), dialog.accept()))
         page.click("#start-reward")
@@ -322,22 +330,12 @@ def test_the_demo_card_loads_a_simulated_history_through_the_worker(loop_env, li
     from labeling.management.commands.seed_demo import DEMO_PROJECT
     from labeling.models import Judgement, JudgementSource
 
-    from .conftest import CHROMIUM
-
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # ORM calls beside playwright's event loop
     call_command("seed_demo", stdout=io.StringIO())
     project = Project.objects.get(name=DEMO_PROJECT)
-    create_annotator(username="boss", password="corner-office-secret", is_admin=True)
     worker = loop_env["start_worker"]()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        errors = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"{live_server.url}/accounts/login/?next=/training/%3Fproject%3D{project.pk}")
-        page.fill("#id_username", "boss")
-        page.fill("#id_password", "corner-office-secret")
-        page.keyboard.press("Enter")
+        browser, page, errors = signed_in_dashboard(playwright, live_server, project)
         page.wait_for_selector("#demo-history")
         confirmations = []
         page.once("dialog", lambda dialog: (confirmations.append(dialog.message), dialog.accept()))
