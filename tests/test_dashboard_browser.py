@@ -265,3 +265,25 @@ def test_use_the_built_in_policy_after_confirming(live_server, transactional_db,
     assert page.locator("#use-builtin-policy").is_disabled() and page.locator("#rollback-policy").is_disabled()
     shot(page, "dashboard-builtin.png")
     assert not errors, errors
+
+
+def test_a_version_the_gate_refused_is_promoted_only_through_an_override_that_shows_the_reason(live_server, transactional_db, browser):  # noqa: F811
+    project = Project.objects.create(name="override project")
+    ModelVersion.objects.create(project=project, kind="policy", number=1, artifact_path="/nowhere", status="active", promoted_at=timezone.now())
+    refused = ModelVersion.objects.create(
+        project=project, kind="policy", number=2, artifact_path="/nowhere", gate_refused=True,
+        promotion_note="on 32 held-out prompts the reward model preferred it 14 times and its reference 18 times",
+    )
+    page, errors = signed_in_dashboard(browser, live_server, project)
+    row = page.locator(f"#versions tr[data-version='{refused.pk}']")
+    row.locator("button", has_text="Promote anyway…").wait_for()
+    assert row.locator("button", has_text="Promote").count() == 1  # no plain Promote beside it
+    shot(page, "dashboard-override.png")
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    row.locator("button", has_text="Promote anyway…").click()
+    page.wait_for_selector(f"#versions tr.version-active[data-version='{refused.pk}']")
+    assert "The promotion gate refused policy v2: on 32 held-out prompts" in asked[0] and "recorded with your name" in asked[0]
+    refused.refresh_from_db()
+    assert refused.status == "active" and refused.promotion_note.startswith("promoted by boss, overriding the gate, which said: on 32")
+    assert not errors, errors

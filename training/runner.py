@@ -326,9 +326,14 @@ def _rl_against_reward(run: TrainingRun, reporter: RunReporter, algorithm: str, 
     return {**metrics, "version": version.number, "promoted": version.status == "active", "promotion_note": version.promotion_note}
 
 
-def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
+def ppo_config(run: TrainingRun) -> PPOConfig:
+    """The run's PPOConfig: the device's defaults, then the project's and the run's overrides."""
     rules = services.training_settings_for(run.project)
-    config = _merged(PPOConfig, ppo_defaults_for(worker_device()), rules.ppo_config, run.config.get("ppo"))
+    return _merged(PPOConfig, ppo_defaults_for(worker_device()), rules.ppo_config, run.config.get("ppo"))
+
+
+def stage_ppo(run: TrainingRun, reporter: RunReporter) -> dict:
+    config = ppo_config(run)
     adapters = adapters_for(run)
 
     def train(policy, reference, tokenizer, scorer, prompts):
@@ -537,8 +542,7 @@ def stage_simulate(run: TrainingRun, reporter: RunReporter) -> dict:
     if not references:
         raise TrainingFailed("the project has no demo prompts with reference answers")
     options = simulated_history.options(run.config)
-    rules = services.training_settings_for(run.project)
-    ppo = _merged(PPOConfig, ppo_defaults_for(worker_device()), rules.ppo_config, run.config.get("ppo"))
+    ppo = ppo_config(run)
     sampling = SamplingConfig(n=int(options["replies_per_prompt"]), temperature=ppo.temperature, top_p=ppo.top_p,
                               max_new_tokens=ppo.max_new_tokens, max_prompt_tokens=ppo.max_prompt_tokens)
     path, version = _starting_policy(run.project)

@@ -73,8 +73,8 @@ def reward_training_shortfall(project: Project, config: dict | None = None) -> t
     config = config or {}
     rules = training_settings_for(project)
     needed = rules.reward_min_judgements
-    if Judgement.objects.filter(task__project=project).count() >= 3 * needed:
-        return None  # surely enough: no need to read them
+    if Judgement.objects.filter(task__project=project).values("pk")[: 3 * needed].count() >= 3 * needed:
+        return None  # surely enough: no need to read them (a count that stops there: the dashboard asks on every page)
     from labeling.quality_filter import JudgementFilter
 
     from .selectors import training_judgements

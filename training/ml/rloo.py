@@ -223,8 +223,7 @@ def online_rl_defaults_for(device: torch.device) -> dict:
             "steps": 200, "prompts_per_step": 32, "num_samples": 8, "minibatch_size": 64, "epochs": 1, "max_new_tokens": 128,
             "max_prompt_tokens": 512,
         }
-    return {"steps": 20, "prompts_per_step": 8, "num_samples": 4, "minibatch_size": 16, "epochs": 1, "max_new_tokens": 32, "max_prompt_tokens": 256,
-            "missing_eos_penalty": None}  # cut at 32 tokens, few replies end: see ppo.ppo_defaults_for
+    return {"steps": 20, "prompts_per_step": 8, "num_samples": 4, "minibatch_size": 16, "epochs": 1, "max_new_tokens": 32, "max_prompt_tokens": 256}
 
 
 # --------------------------------------------------------------------------- the equations
